@@ -1,0 +1,7 @@
+"""``python -m shipyard`` is the ``shipyard`` command."""
+
+import sys
+
+from shipyard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,395 @@
+"""Measure several artifacts side by side, in one process, on the same inputs.
+
+``bench([torch_artifact, onnx_artifact])`` opens every artifact, warms each one up, then times
+them *interleaved*: each round runs every session once, starting from a different session every
+round. A burst of machine noise (another process, a frequency change) then hits every artifact
+alike, so the ratios between them stay meaningful even when the absolute numbers drift. Numbers
+are only comparable within one report: rerun the baseline whenever you compare across runs.
+
+``render(report)`` turns a :class:`BenchReport` into a rich table; measuring never prints.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from rich.console import Group
+from rich.progress import Progress
+from rich.table import Table
+
+from shipyard.artifact import Artifact
+from shipyard.runtimes.base import Session, open_session
+
+# ISA extensions that decide which kernels a runtime can use (int8 dot products, bf16, AMX...).
+_ISA_FLAGS = {
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "neon",
+    "asimd",
+}
+_MIN_ROUNDS = 5  # max_seconds never cuts a batch size below this many rounds
+_MB = 1024 * 1024
+
+
+def _cpuinfo() -> tuple[str | None, list[str]]:
+    """CPU model name and the ISA flags of interest from /proc/cpuinfo (Linux only)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, []
+    model: str | None = None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key in ("flags", "features"):  # x86 says "flags", ARM says "Features"
+            flags.update(value.split())
+    return model, sorted(flags & _ISA_FLAGS)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gpus() -> list[str] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def hardware_fingerprint() -> dict[str, Any]:
+    """What a latency number depends on: CPU, ISA flags, cores, memory, OS, library versions.
+
+    Works without /proc (macOS, Windows): the fields it cannot read fall back or become None.
+    """
+    model, isa = _cpuinfo()
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    return {
+        "cpu": model or platform.processor() or platform.machine() or None,
+        "isa": isa,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        # a container may be limited to fewer cores than the machine has
+        "usable_cores": len(affinity(0)) if affinity else os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in ("torch", "onnxruntime", "onnx", "numpy")},
+        "gpu": _gpus(),
+    }
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one artifact at one batch size, in ms per ``Session.run`` call.
+
+    That call includes what every user pays on top of the backend: the signature check of the
+    inputs and the numpy <-> backend conversions.
+    """
+
+    batch: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    samples_per_s: float  # batch / median seconds: throughput of one session, one stream
+
+    @classmethod
+    def from_ns(cls, batch: int, samples_ns: Sequence[int]) -> LatencyStats:
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+        return cls(
+            batch=batch,
+            runs=len(ms),
+            p50_ms=p50,
+            p90_ms=p90,
+            p99_ms=p99,
+            mean_ms=float(ms.mean()),
+            min_ms=float(ms.min()),
+            max_ms=float(ms.max()),
+            samples_per_s=batch / (p50 / 1e3),
+        )
+
+
+@dataclass
+class ArtifactBench:
+    """One artifact's results.
+
+    ``load_rss_mb`` is the growth of this process's RSS across opening the session and its first
+    run. It is an approximation: every artifact lives in the same process, so memory freed or
+    shared (torch's allocator, libraries already imported by an earlier artifact) blurs it.
+    ``file_bytes`` is ``Artifact.size_bytes`` (parameter bytes for an in-memory torch module).
+    """
+
+    name: str
+    format: str
+    backend: str
+    threads: int
+    file_bytes: int
+    load_rss_mb: float
+    latency: list[LatencyStats]
+
+    def at(self, batch: int) -> LatencyStats:
+        """The stats for ``batch``; KeyError if it was not measured."""
+        for stats in self.latency:
+            if stats.batch == batch:
+                return stats
+        raise KeyError(f"{self.name} was not measured at batch {batch}")
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``bench`` call measured, plus the conditions it measured under."""
+
+    results: list[ArtifactBench]
+    fingerprint: dict[str, Any]
+    batch_sizes: list[int]
+    threads: int | None
+    warmup: int
+    runs: int
+    loadavg_start: tuple[float, float, float]
+    loadavg_end: tuple[float, float, float]
+    peak_rss_mb: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict (tuples become lists in JSON)."""
+        return asdict(self)
+
+    def get(self, name: str) -> ArtifactBench:
+        for result in self.results:
+            if result.name == name:
+                return result
+        raise KeyError(f"no artifact named {name!r}; measured: {[r.name for r in self.results]}")
+
+    def speedups(self, baseline: str, batch: int) -> dict[str, float]:
+        """``baseline`` p50 / each artifact's p50 at ``batch``: above 1 means faster."""
+        base = self.get(baseline).at(batch).p50_ms
+        return {r.name: base / r.at(batch).p50_ms for r in self.results}
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / _MB
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+    except ImportError:  # Windows: no getrusage, the current RSS is the best we have
+        return _rss_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes
+    return peak / _MB if sys.platform == "darwin" else peak / 1024
+
+
+def _loadavg() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):  # not available on Windows
+        return (float("nan"), float("nan"), float("nan"))
+
+
+def _time_rounds(
+    sessions: Sequence[Session],
+    feeds: dict[str, np.ndarray],
+    runs: int,
+    max_seconds: float | None,
+    advance: Callable[[int], object],
+) -> list[list[int]]:
+    """Interleaved timed loop at one batch size; returns per-session latencies in ns."""
+    samples: list[list[int]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    # A collection pause would land on whichever session happens to run: keep it out.
+    gc.collect()
+    gc.disable()
+    start = time.perf_counter()
+    try:
+        for r in range(runs):
+            # rotate the start so that no artifact always runs first (cold caches) or last
+            shift = r % len(sessions)
+            for i in order[shift:] + order[:shift]:
+                t0 = time.perf_counter_ns()
+                sessions[i].run(feeds)
+                samples[i].append(time.perf_counter_ns() - t0)
+            advance(1)
+            done = r + 1
+            over_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
+            if over_time and _MIN_ROUNDS <= done < runs:
+                advance(runs - done)  # keep the progress bar's total honest
+                break
+    finally:
+        gc.enable()
+    return samples
+
+
+def bench(
+    artifacts: Sequence[Artifact],
+    *,
+    batch_sizes: Sequence[int] = (1, 8),
+    threads: int | None = 1,
+    warmup: int = 5,
+    runs: int = 50,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> BenchReport:
+    """Time every artifact at every batch size, interleaved, on identical inputs.
+
+    ``threads`` goes to every session (``None`` keeps each backend's default). ``warmup`` runs
+    per session and batch size are discarded. ``runs`` is the number of timed rounds per batch
+    size; ``max_seconds`` caps each batch size's timed loop (at least 5 rounds are kept).
+    Inputs come from ``signature.example_inputs(batch, seed)`` of the first artifact, so all
+    artifacts must share a signature. Raises ValueError on empty or duplicate names.
+    """
+    if not artifacts:
+        raise ValueError("bench needs at least one artifact")
+    names = [a.name for a in artifacts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"artifact names must be unique (they key the report), got {names}")
+    if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError("need runs >= 1, warmup >= 0 and batch sizes >= 1")
+    began = time.perf_counter()
+    loadavg_start = _loadavg()
+    # The same arrays for every artifact: one signature, one seed.
+    signature = artifacts[0].signature
+    inputs = {b: signature.example_inputs(batch=b, seed=seed) for b in batch_sizes}
+
+    sessions: list[Session] = []
+    load_rss: list[float] = []
+    samples: dict[int, list[list[int]]] = {}
+    try:
+        # One after another, so each RSS delta belongs to one artifact.
+        for artifact in artifacts:
+            before = _rss_mb()
+            session = open_session(artifact, threads=threads)
+            sessions.append(session)
+            session.run(inputs[batch_sizes[0]])  # first run allocates buffers / plans kernels
+            load_rss.append(_rss_mb() - before)
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("benchmarking", total=runs * len(batch_sizes))
+            for b in batch_sizes:
+                # Warm up right before timing, so every session's buffers for this shape are hot.
+                for session in sessions:
+                    for _ in range(warmup):
+                        session.run(inputs[b])
+                bar.update(task, description=f"batch {b}")
+                samples[b] = _time_rounds(
+                    sessions, inputs[b], runs, max_seconds, lambda n: bar.advance(task, n)
+                )
+        results = [
+            ArtifactBench(
+                name=a.name,
+                format=a.format,
+                backend=s.backend,
+                threads=s.threads,
+                file_bytes=a.size_bytes,
+                load_rss_mb=load_rss[i],
+                latency=[LatencyStats.from_ns(b, samples[b][i]) for b in batch_sizes],
+            )
+            for i, (a, s) in enumerate(zip(artifacts, sessions, strict=True))
+        ]
+    finally:
+        for session in sessions:
+            session.close()
+    return BenchReport(
+        results=results,
+        fingerprint=hardware_fingerprint(),
+        batch_sizes=list(batch_sizes),
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        loadavg_start=loadavg_start,
+        loadavg_end=_loadavg(),
+        peak_rss_mb=_peak_rss_mb(),
+        seconds=time.perf_counter() - began,
+    )
+
+
+def _ms(value: float) -> str:
+    """Short fixed precision for narrow tables: 0.057, 1.21, 12.3, 528."""
+    digits = 3 if value < 1 else 2 if value < 10 else 1 if value < 100 else 0
+    return f"{value:.{digits}f}"
+
+
+def render(report: BenchReport, baseline: str | None = None) -> Group:
+    """Two tables: latency per artifact and batch size, then each artifact's setup.
+
+    ``baseline`` names the artifact the ratio column divides by (default: the first one);
+    the ratio is baseline p50 / row p50, so above 1 means faster than the baseline.
+    The caption holds the conditions (hardware, threads, load average).
+    """
+    base = baseline or report.results[0].name
+    latency = Table(
+        title=f"latency per Session.run in ms; × {base} = {base} p50 / p50 (>1: faster)"
+    )
+    headers = ("artifact", "batch", "p50", "p90", "p99", "min–max", "samples/s")
+    for header in (*headers, f"× {base}"):
+        latency.add_column(header, justify="left" if header == "artifact" else "right")
+    for b in report.batch_sizes:
+        ratios = report.speedups(base, b)
+        for result in report.results:
+            s = result.at(b)
+            latency.add_row(
+                result.name,
+                str(b),
+                _ms(s.p50_ms),
+                _ms(s.p90_ms),
+                _ms(s.p99_ms),
+                f"{_ms(s.min_ms)}–{_ms(s.max_ms)}",
+                f"{s.samples_per_s:,.0f}",
+                f"{ratios[result.name]:.2f}×",
+            )
+        latency.add_section()
+    setup = Table()
+    for header in ("artifact", "backend", "threads", "file MB", "load RSS MB"):
+        setup.add_column(header, justify="left" if header in ("artifact", "backend") else "right")
+    for result in report.results:
+        setup.add_row(
+            result.name,
+            result.backend,
+            str(result.threads),
+            f"{result.file_bytes / _MB:.2f}",
+            f"{result.load_rss_mb:.1f}",
+        )
+    fp = report.fingerprint
+    la0 = " ".join(f"{v:.2f}" for v in report.loadavg_start)
+    la1 = " ".join(f"{v:.2f}" for v in report.loadavg_end)
+    setup.caption = (
+        f"{fp.get('cpu')} · {fp.get('usable_cores')}/{fp.get('logical_cores')} cores · "
+        f"isa {','.join(fp.get('isa') or []) or '?'} · gpu {fp.get('gpu') or 'none'} · "
+        f"threads {report.threads} · runs ≤{report.runs}, warm-up {report.warmup} · "
+        f"loadavg {la0} → {la1} · peak RSS {report.peak_rss_mb:.0f} MB · {report.seconds:.1f} s"
+    )
+    return Group(latency, setup)

@@ -1,0 +1,368 @@
+"""The ``shipyard`` command: build, export, validate, bench, inspect.
+
+Errors print as one line on stderr with a non-zero exit; ``--debug`` shows the traceback.
+Exit codes: 0 success, 1 a validation gate failed, 2 bad input or usage, 3 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from shipyard.errors import GateError, InputError, ShipyardError
+from shipyard.signature import Signature, TensorSpec
+
+app = typer.Typer(
+    name="shipyard",
+    help="Take a trained PyTorch model to production: export, validate, benchmark, package.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+_INPUT_SPEC = re.compile(r"^([A-Za-z_][\w.:-]*):(\w+)\[([^\]]*)\]$")
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+
+
+def parse_input_spec(text: str) -> TensorSpec:
+    """``x:float32[batch,3,224,224]`` -> TensorSpec (dims: ints or dynamic names)."""
+    match = _INPUT_SPEC.match(text.replace(" ", ""))
+    if not match:
+        raise InputError(
+            f"--input {text!r}: expected NAME:DTYPE[DIMS], e.g. x:float32[batch,3,224,224]"
+        )
+    dims = tuple(int(d) if d.isdigit() else d for d in match[3].split(",") if d)
+    try:
+        return TensorSpec(name=match[1], dtype=match[2], shape=dims)
+    except ValueError as error:
+        raise InputError(f"--input {text!r}: {error}") from error
+
+
+def _signature(inputs: list[str] | None, recipe: Path | None) -> Signature | None:
+    if inputs:
+        return Signature(inputs=tuple(parse_input_spec(i) for i in inputs))
+    if recipe is not None:
+        from shipyard.recipe import load_recipe
+
+        return load_recipe(recipe).signature
+    return None
+
+
+def _load(
+    specs: list[str],
+    signature: Signature | None,
+    weights: Path | None = None,
+    kwargs: str | None = None,
+) -> list[Any]:
+    """Artifacts for each spec: a package folder gives all its artifacts, any model source one.
+
+    A torch source without a signature borrows the inputs of an ONNX file among ``specs``.
+    """
+    from shipyard.package import is_package, load_package
+    from shipyard.sources import load_model, onnx_signature
+
+    try:
+        extra = json.loads(kwargs) if kwargs else {}
+    except json.JSONDecodeError as error:
+        raise InputError(f"--kwargs is not valid JSON: {error}") from error
+    if signature is None:
+        onnx_files = [Path(s) for s in specs if s.endswith(".onnx") and Path(s).is_file()]
+        if onnx_files:
+            signature = Signature(inputs=onnx_signature(onnx_files[0]).inputs)
+    loaded: list[Any] = []
+    for spec in specs:
+        if Path(spec).is_dir() and is_package(Path(spec)):
+            loaded.extend(load_package(spec).artifacts)
+            continue
+        name = Path(spec).name if Path(spec).exists() else spec.rpartition(":")[2]
+        loaded.append(load_model(spec, signature, kwargs=extra, weights=weights, name=name))
+    return loaded
+
+
+@app.command()
+def build(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML (default: built-in digits example).")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Model repository to write into.")
+    ] = Path("out"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
+    no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the benchmark step.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Run a recipe and write the package OUTPUT/<model>/<version>/."""
+    from shipyard.bench import render
+    from shipyard.build import build as run_build
+
+    def on_step(message: str, seconds: float) -> None:
+        if not as_json:
+            console.print(
+                f"[green]✓[/] {escape(message)} [dim]({seconds:.1f} s)[/]", highlight=False
+            )
+
+    try:
+        result = run_build(
+            recipe,
+            output,
+            overwrite=overwrite,
+            run_bench=False if no_bench else None,
+            on_step=on_step,
+        )
+    except GateError as error:
+        if error.report is not None:
+            _print_validation(error.report)
+        raise
+    if as_json:
+        print(json.dumps(result.manifest, indent=2, default=str))
+        return
+    for report in result.validation:
+        _print_validation(report)
+    if result.benchmark is not None:
+        console.print(render(result.benchmark, baseline="torch"))
+    console.print(f"[bold]package[/] {result.package_dir} ({result.seconds:.1f} s)")
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="pkg.module:factory, TorchScript or .pt2 file.")],
+    to: Annotated[str, typer.Option("--to", help="Target format.")] = "onnx",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the file.")] = Path(
+        "model.onnx"
+    ),
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS], once per input.")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Take the signature from this recipe.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="state_dict (.safetensors or .pt) for a factory.")
+    ] = None,
+    kwargs: Annotated[str | None, typer.Option(help="JSON kwargs for the factory.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    dynamo: Annotated[
+        bool, typer.Option(help="Use the dynamo exporter (else TorchScript).")
+    ] = True,
+    simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxslim.")] = True,
+) -> None:
+    """Export one model to ONNX, checked by onnx.checker and against PyTorch."""
+    from shipyard.passes.export import ExportConfig, export_onnx
+    from shipyard.validate import validate as run_validate
+
+    if to != "onnx":
+        raise InputError(f"--to {to!r}: only 'onnx' is available in this version")
+    if output.suffix != ".onnx":
+        raise InputError(f"--output {output}: the file name must end in .onnx")
+    source = _load([model], _signature(input, recipe), weights, kwargs)[0]
+    if source.format == "onnx":
+        raise InputError(f"{model} is already an ONNX file")
+    config = ExportConfig(opset=opset, dynamo=dynamo, simplify=simplify, filename=output.name)
+    exported = export_onnx(source, output, config)
+    report = run_validate(source, exported, samples=16)
+    stats = ", ".join(f"{o.name}: max abs {o.max_abs:.2e}" for o in report.outputs)
+    notes = exported.provenance[-1].notes
+    console.print(
+        f"[green]✓[/] {output} ({exported.size_bytes / 1e6:.2f} MB, "
+        f"{notes.get('exporter')} exporter, opset {opset}); vs PyTorch: {stats}",
+        highlight=False,
+    )
+
+
+@app.command()
+def validate(
+    reference: Annotated[str, typer.Argument(help="Reference model source or package.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate model source or package.")],
+    data: Annotated[str | None, typer.Option(help="pkg.module:function, .npz or .npy.")] = None,
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources.")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Take signature and gates from a recipe.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="state_dict for the reference factory.")
+    ] = None,
+    kwargs: Annotated[
+        str | None, typer.Option(help="JSON kwargs for the reference factory.")
+    ] = None,
+    atol: Annotated[float | None, typer.Option(help="Gate: max absolute error.")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Gate: relative tolerance.")] = None,
+    min_cosine: Annotated[
+        float | None, typer.Option(help="Gate: minimum cosine similarity.")
+    ] = None,
+    min_top1_agreement: Annotated[
+        float | None, typer.Option(help="Gate: minimum top-1 agreement.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(help="Gate: max accuracy drop (needs labels).")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Use at most this many samples.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare CANDIDATE with REFERENCE on the same inputs; exit 1 when a gate fails."""
+    from shipyard.data import load_data
+    from shipyard.validate import Gates
+    from shipyard.validate import validate as run_validate
+
+    gates = Gates()
+    if recipe is not None:
+        from shipyard.recipe import load_recipe
+
+        gates = load_recipe(recipe).validate_.gates
+    gates = gates.merged(
+        atol=atol,
+        rtol=rtol,
+        min_cosine=min_cosine,
+        min_top1_agreement=min_top1_agreement,
+        max_accuracy_drop=max_accuracy_drop,
+    )
+    loaded = _load([reference, candidate], _signature(input, recipe), weights, kwargs)
+    ref, cand = loaded[0], loaded[-1]
+    dataset = load_data(data, ref.signature) if data else None
+    report = run_validate(ref, cand, dataset, gates, samples=samples)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_validation(report)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[str], typer.Argument(help="Model sources or packages to compare.")],
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
+    threads: Annotated[int, typer.Option(help="Threads per inference.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed runs per artifact and batch size.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 5,
+    max_seconds: Annotated[float | None, typer.Option(help="Time cap per batch size.")] = None,
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources.")
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Take the signature from a recipe.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Measure artifacts side by side, interleaved, in one process."""
+    from shipyard.bench import bench as run_bench
+    from shipyard.bench import render
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError as error:
+        raise InputError(f"--batch-sizes {batch_sizes!r}: expected integers like 1,8") from error
+    loaded = _load(artifacts, _signature(input, recipe))
+    report = run_bench(
+        loaded,
+        batch_sizes=sizes,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        max_seconds=max_seconds,
+        progress=not as_json,
+    )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(render(report))
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A package folder or an .onnx file.")],
+) -> None:
+    """Show a package's artifacts and signature, or an ONNX file's signature."""
+    from shipyard.package import is_package, load_package
+    from shipyard.sources import onnx_signature
+
+    if path.is_dir() and is_package(path):
+        package = load_package(path)
+        console.print(f"[bold]{package.name}[/] version {package.version} — {package.path}")
+        signature = package.signature
+        for artifact in package.artifacts:
+            size = artifact.size_bytes / 1e6
+            console.print(f"  {artifact.name}: {artifact.path} ({size:.2f} MB)", markup=False)
+    elif path.suffix == ".onnx" and path.is_file():
+        signature = onnx_signature(path)
+    else:
+        raise InputError(f"{path} is neither a package folder nor an .onnx file")
+    for spec in signature.inputs:
+        console.print(f"  input  {spec.describe()}", highlight=False, markup=False)
+    for spec in signature.outputs:
+        console.print(f"  output {spec.describe()}", highlight=False, markup=False)
+
+
+def _print_validation(report: Any) -> None:
+    table = Table(title=f"{report.candidate} vs {report.reference} ({report.samples} samples)")
+    for column in ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agree", "NaN/Inf"):
+        table.add_column(column, justify="left" if column == "output" else "right")
+    for out in report.outputs:
+        top1 = "—" if out.top1_agreement is None else f"{out.top1_agreement:.2%}"
+        table.add_row(
+            out.name,
+            f"{out.max_abs:.3g}",
+            f"{out.mean_abs:.3g}",
+            f"{out.max_rel:.3g}",
+            f"{out.cosine:.6f}",
+            top1,
+            f"{out.nonfinite_reference}/{out.nonfinite_candidate}",
+        )
+    console.print(table)
+    if report.accuracy_reference is not None:
+        console.print(
+            f"accuracy: {report.reference} {report.accuracy_reference:.2%}, "
+            f"{report.candidate} {report.accuracy_candidate:.2%} "
+            f"(drop {report.accuracy_drop * 100:+.2f} points)",
+            highlight=False,
+        )
+    for gate in report.gates:
+        style = "green" if gate.passed else "bold red"
+        console.print(f"  [{style}]{escape(gate.describe())}[/]", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning our errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        # Standalone mode: typer prints usage errors itself and exits 2.
+        app(args=args, prog_name="shipyard")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    except ShipyardError as error:
+        if debug:
+            traceback.print_exc()
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return 1 if isinstance(error, GateError) else 2
+    except Exception as error:  # a bug of ours: still one line, the trace on request
+        if debug:
+            traceback.print_exc()
+        errors.print(
+            f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))} "
+            f"(run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

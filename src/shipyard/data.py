@@ -1,0 +1,113 @@
+"""Data sets for validation, calibration and training.
+
+A data source is ``pkg.module:function`` (returning ``x``, ``(x, y)``, ``{name: x}`` or
+``({name: x}, y)``), or a ``.npz`` file (arrays named like the model's inputs, plus an
+optional ``labels``/``y``), or a ``.npy`` file (the single input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import DataError, InputError
+from shipyard.imports import import_reference, is_reference
+from shipyard.signature import Signature
+
+_LABEL_KEYS = ("labels", "label", "y")
+
+
+@dataclass
+class Dataset:
+    """Inputs by name (first axis = samples) and optional labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, count: int | None) -> Dataset:
+        if count is None or count >= len(self):
+            return self
+        labels = None if self.labels is None else self.labels[:count]
+        return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels)
+
+    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self), size):
+            yield {k: v[start : start + size] for k, v in self.inputs.items()}
+
+
+def _as_inputs(value: Any, signature: Signature, what: str) -> dict[str, np.ndarray]:
+    if isinstance(value, Mapping):
+        return {str(k): np.asarray(v) for k, v in value.items()}
+    if len(signature.inputs) != 1:
+        raise DataError(
+            f"{what} gave one array, but the model takes {len(signature.inputs)} inputs "
+            f"({signature.describe_inputs()}); return a dict keyed by input name"
+        )
+    return {signature.inputs[0].name: np.asarray(value)}
+
+
+def _from_value(value: Any, signature: Signature, what: str) -> Dataset:
+    if isinstance(value, Dataset):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        x, y = value
+        return Dataset(_as_inputs(x, signature, what), None if y is None else np.asarray(y))
+    return Dataset(_as_inputs(value, signature, what))
+
+
+def _from_npz(path: Path, signature: Signature) -> Dataset:
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    labels = next((arrays.pop(k) for k in _LABEL_KEYS if k in arrays), None)
+    if len(signature.inputs) == 1 and len(arrays) == 1:
+        arrays = {signature.inputs[0].name: next(iter(arrays.values()))}
+    return Dataset(arrays, labels)
+
+
+def load_data(spec: str, signature: Signature, base_dir: Path | None = None) -> Dataset:
+    """Load and check a data source against ``signature`` (names, dtypes, shapes)."""
+    if is_reference(spec):
+        function = import_reference(spec, DataError)
+        value = function() if callable(function) else function
+        dataset = _from_value(value, signature, f"data source '{spec}'")
+    else:
+        path = Path(spec) if base_dir is None or Path(spec).is_absolute() else base_dir / spec
+        if not path.exists():
+            raise DataError(f"data file {path} does not exist")
+        try:
+            if path.suffix == ".npz":
+                dataset = _from_npz(path, signature)
+            elif path.suffix == ".npy":
+                dataset = Dataset({signature.inputs[0].name: np.load(path, allow_pickle=False)})
+            else:
+                raise DataError(
+                    f"unsupported data file {path.name}: use .npz, .npy or 'pkg.module:function'"
+                )
+        except ValueError as error:  # e.g. object arrays, which would need pickle
+            raise DataError(f"cannot read {path}: {error}") from error
+    check_dataset(dataset, signature, spec)
+    return dataset
+
+
+def check_dataset(dataset: Dataset, signature: Signature, what: str) -> None:
+    """Raise DataError when the data set does not fit the model's signature."""
+    if not dataset.inputs:
+        raise DataError(f"data '{what}' holds no arrays")
+    lengths = {name: len(array) for name, array in dataset.inputs.items()}
+    if dataset.labels is not None:
+        lengths["labels"] = len(dataset.labels)
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"data '{what}': arrays differ in sample count: {lengths}")
+    if len(dataset) == 0:
+        raise DataError(f"data '{what}' is empty")
+    try:
+        signature.check_inputs({k: v[:1] for k, v in dataset.inputs.items()})
+    except InputError as error:
+        raise DataError(f"data '{what}' does not fit the model: {error}") from error

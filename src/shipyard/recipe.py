@@ -1,0 +1,198 @@
+"""The recipe: one YAML file naming the model, its signature, data, passes, gates and bench.
+
+``load_recipe(path)`` validates it with pydantic; every error names the field and the YAML
+line it sits on, e.g. ``recipe.yaml:12: passes.0.export.opset: Input should be a valid
+integer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from shipyard.errors import RecipeError
+from shipyard.imports import is_reference
+from shipyard.passes import PASSES
+from shipyard.passes.export import ExportConfig
+from shipyard.signature import Signature
+from shipyard.validate import Gates
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSource(_Strict):
+    """``source``: ``pkg.module:factory`` or a file (.onnx, .pt2, TorchScript .pt)."""
+
+    source: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None  # state_dict for the factory: .safetensors or .pt (weights only)
+
+
+class DataSources(_Strict):
+    """Each entry: ``pkg.module:function`` returning (x, y), or a .npz / .npy file."""
+
+    validation: str | None = None
+    calibration: str | None = None
+    train: str | None = None
+
+
+class ValidateSettings(_Strict):
+    gates: Gates = Field(default_factory=Gates)
+    samples: int | None = Field(default=None, ge=1)  # None: the whole validation set
+    batch_size: int = Field(default=64, ge=1)
+
+
+class BenchSettings(_Strict):
+    enabled: bool = True
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
+    threads: int | None = Field(default=1, ge=1)
+    warmup: int = Field(default=5, ge=0)
+    runs: int = Field(default=50, ge=1)
+    max_seconds: float | None = Field(default=20.0, gt=0)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(b < 1 for b in value):
+            raise ValueError("batch_sizes must be a non-empty list of integers >= 1")
+        return value
+
+
+# One optional field per registered pass; exactly one must be set in each list entry.
+_PassStepBase = create_model(  # type: ignore[call-overload]
+    "PassStep",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: (spec.config | None, None) for name, spec in PASSES.items()},
+)
+
+
+class PassStep(_PassStepBase):  # type: ignore[misc,valid-type]
+    @property
+    def name(self) -> str:
+        chosen = [k for k in PASSES if getattr(self, k) is not None]
+        return chosen[0]
+
+    @property
+    def config(self) -> BaseModel:
+        config: BaseModel = getattr(self, self.name)
+        return config
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PassStep:
+        chosen = [k for k in PASSES if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"each pass entry names exactly one pass ({', '.join(PASSES)}), got {chosen}"
+            )
+        return self
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=_NAME_PATTERN)
+    version: int = Field(default=1, ge=1)
+    description: str = ""
+    task: Literal["classification", "other"] = "classification"
+    model: ModelSource
+    signature: Signature | None = None
+    data: DataSources = Field(default_factory=DataSources)
+    passes: list[PassStep] = Field(default_factory=lambda: [PassStep(export=ExportConfig())])
+    validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
+    bench: BenchSettings = Field(default_factory=BenchSettings)
+    # Where relative paths in the recipe are resolved from (the recipe's folder).
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def resolve(self, value: str) -> str:
+        """A path relative to the recipe's folder; ``pkg.module:attr`` references unchanged."""
+        if is_reference(value):
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else self.base_dir / path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Map every key path in the YAML document to its 1-based line number."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[(*path, key.value)] = key.start_mark.line + 1
+            _line_index(value, (*path, key.value), out)
+            out[(*path, key.value)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*path, i), out)
+
+
+def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    # pydantic adds union/type tags to locations; drop parts until a YAML path matches.
+    parts = tuple(p if isinstance(p, int) else str(p) for p in loc)
+    parts = tuple(p for p in parts if not (isinstance(p, str) and "[" in p))
+    while parts:
+        if parts in lines:
+            return lines[parts]
+        parts = parts[:-1]
+    return lines.get(())
+
+
+def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    """Validate recipe YAML text; ``source`` names it in error messages."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{source}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping (name:, model:, ...)")
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_index(node, (), lines)
+    try:
+        recipe = Recipe.model_validate({**data, "base_dir": base_dir or Path(".")})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            loc = tuple(item["loc"])
+            where = ".".join(str(p) for p in loc) or "recipe"
+            line = _nearest_line(lines, loc)
+            message = item["msg"]
+            if item["type"] == "extra_forbidden":
+                message = "unknown key (check its spelling and indentation)"
+            elif item["type"] == "missing":
+                message = "required field is missing"
+            prefix = f"{source}:{line}" if line else source
+            problems.append(f"{prefix}: {where}: {message}")
+        raise RecipeError("; ".join(problems)) from error
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RecipeError(f"cannot read recipe {path}: {error.strerror}") from error
+    return parse_recipe(text, source=str(path), base_dir=path.resolve().parent)
+
+
+def default_recipe_path() -> Path:
+    """The built-in example (digits CNN), built when ``shipyard build`` gets no recipe."""
+    return Path(__file__).parent / "examples" / "digits" / "recipe.yaml"

@@ -1,0 +1,69 @@
+"""ONNX Runtime as a Session backend, with explicit threads and verified providers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from shipyard.artifact import Artifact
+from shipyard.errors import BackendError
+from shipyard.runtimes.base import Session
+
+# device -> providers in priority order; CPU stays last as ORT requires a fallback.
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OrtSession(Session):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        device: str = "cpu",
+        threads: int | None = None,
+        optimization: str = "all",
+    ) -> None:
+        super().__init__(artifact, device, threads)
+        if device not in _PROVIDERS:
+            raise BackendError(f"unknown device {device!r} for onnxruntime; use {list(_PROVIDERS)}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        wanted = _PROVIDERS[device]
+        try:
+            self._session = ort.InferenceSession(str(artifact.path), options, providers=wanted)
+        except Exception as error:  # ORT raises its own Fail/InvalidGraph types
+            raise BackendError(f"ONNX Runtime cannot load {artifact.path}: {error}") from error
+        # ORT silently falls back to CPU when a GPU provider cannot start: check what is active.
+        active = self._session.get_providers()
+        if wanted[0] not in active:
+            raise BackendError(
+                f"device {device!r} needs {wanted[0]}, but ONNX Runtime started only {active} "
+                f"(installed onnxruntime {ort.__version__}, available: "
+                f"{ort.get_available_providers()}); install onnxruntime-gpu with matching "
+                f"CUDA/TensorRT libraries or use device='cpu'"
+            )
+        self.providers = active
+        self._threads = threads or os.cpu_count() or 1
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, values, strict=True))

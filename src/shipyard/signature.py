@@ -1,0 +1,169 @@
+"""Tensor signatures: the names, dtypes and shapes a model takes and returns.
+
+A dimension is an ``int`` (fixed) or a ``str`` naming a dynamic dimension (``"batch"``).
+Every Session checks its inputs against the signature before running, so a wrong shape or
+dtype gets one readable error instead of a backend's stack trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shipyard.errors import InputError
+
+Dim = int | str
+
+_DTYPES = {
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+}
+
+
+class TensorSpec(BaseModel):
+    """One named tensor: ``{name: x, dtype: float32, shape: [batch, 1, 8, 8]}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    dtype: str = "float32"
+    shape: tuple[Dim, ...]
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in _DTYPES:
+            raise ValueError(f"unknown dtype {value!r}; use one of {sorted(_DTYPES)}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_dims(cls, value: tuple[Dim, ...]) -> tuple[Dim, ...]:
+        for dim in value:
+            if isinstance(dim, int) and dim < 1:
+                raise ValueError(f"fixed dimensions must be >= 1, got {dim}")
+        return value
+
+    @property
+    def dynamic_dims(self) -> dict[int, str]:
+        """Axis index -> dynamic dimension name."""
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete_shape(self, sizes: Mapping[str, int] | None = None, default: int = 1) -> tuple:
+        """The shape with every dynamic dimension replaced by ``sizes[name]`` (or ``default``)."""
+        sizes = sizes or {}
+        return tuple(d if isinstance(d, int) else sizes.get(d, default) for d in self.shape)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+class Signature(BaseModel):
+    """The inputs and outputs of a model, in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...] = ()
+
+    @field_validator("inputs")
+    @classmethod
+    def _has_inputs(cls, value: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        if not value:
+            raise ValueError("a signature needs at least one input")
+        names = [spec.name for spec in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, got {names}")
+        return value
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
+
+    def with_outputs(self, outputs: Sequence[TensorSpec]) -> Signature:
+        return Signature(inputs=self.inputs, outputs=tuple(outputs))
+
+    def example_inputs(
+        self, batch: int = 1, seed: int = 0, sizes: Mapping[str, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Random inputs that satisfy the signature; every dynamic dim gets ``batch``.
+
+        Floats are standard normal; integers are drawn from [0, 100) so that token ids and
+        class indices stay in range for typical models.
+        """
+        rng = np.random.default_rng(seed)
+        out: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            shape = spec.concrete_shape(sizes, default=batch)
+            dtype = np.dtype(spec.dtype)
+            if dtype.kind == "f":
+                out[spec.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                out[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+            else:
+                out[spec.name] = rng.integers(0, 100, shape).astype(dtype)
+        return out
+
+    def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Raise InputError naming the first input that contradicts the signature.
+
+        Dynamic dimensions that share a name (e.g. ``batch``) must agree across inputs.
+        """
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise InputError(
+                f"missing input(s) {missing}; the model takes {self.describe_inputs()}"
+            )
+        unknown = [n for n in feeds if n not in self.input_names]
+        if unknown:
+            raise InputError(
+                f"unknown input(s) {unknown}; the model takes {self.describe_inputs()}"
+            )
+        bound: dict[str, tuple[int, str]] = {}
+        for spec in self.inputs:
+            array = feeds[spec.name]
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"input '{spec.name}' must be a numpy array, got {type(array)}")
+            if array.dtype != np.dtype(spec.dtype):
+                raise InputError(
+                    f"input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype} "
+                    f"({spec.describe()}); convert it with .astype(np.{spec.dtype})"
+                )
+            if array.ndim != len(spec.shape):
+                raise InputError(
+                    f"input '{spec.name}' has shape {tuple(array.shape)} ({array.ndim} dims), "
+                    f"expected {len(spec.shape)} dims: {spec.describe()}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+                if isinstance(want, int) and want != got:
+                    raise InputError(
+                        f"input '{spec.name}' has shape {tuple(array.shape)}, expected "
+                        f"{spec.describe()}: dimension {axis} must be {want}, got {got}"
+                    )
+                if isinstance(want, str):
+                    if want in bound and bound[want][0] != got:
+                        first_size, first_input = bound[want]
+                        raise InputError(
+                            f"dynamic dimension '{want}' is {first_size} in input "
+                            f"'{first_input}' but {got} in input '{spec.name}'"
+                        )
+                    bound.setdefault(want, (got, spec.name))
+
+    def describe_inputs(self) -> str:
+        return ", ".join(spec.describe() for spec in self.inputs)

@@ -1,0 +1,207 @@
+"""Model sources: everything a user may hand us, loaded without executing untrusted pickles.
+
+Accepted:
+- ``pkg.module:factory`` — a callable returning an ``nn.Module`` (``kwargs`` passed), or a
+  module instance; optional ``weights`` (state_dict as ``.safetensors`` or a ``.pt`` loaded
+  with ``weights_only=True``);
+- a TorchScript archive (``.pt``/``.pth``/``.ts`` made by ``torch.jit.save``);
+- a ``torch.export`` program (``.pt2``);
+- an ONNX file (``.onnx``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shipyard.artifact import Artifact
+from shipyard.errors import SourceError
+from shipyard.imports import import_reference, is_reference
+from shipyard.runtimes.torch import eval_mode, flatten_outputs, output_names
+from shipyard.signature import Signature, TensorSpec
+
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def load_model(
+    source: str,
+    signature: Signature | None = None,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    weights: str | Path | None = None,
+    name: str | None = None,
+) -> Artifact:
+    """Load ``source`` as an Artifact (format ``torch`` or ``onnx``).
+
+    A torch source needs ``signature`` (at least its inputs); missing outputs are inferred
+    by running the model once. An ONNX file's signature is read from the graph when omitted.
+    """
+    if is_reference(source):
+        module = _from_factory(source, dict(kwargs or {}))
+        if weights is not None:
+            load_weights(module, Path(weights))
+        return torch_artifact(module, signature, name or "torch", source)
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(
+            f"model source '{source}' is neither an existing file nor 'pkg.module:factory'"
+        )
+    if path.suffix == ".onnx":
+        return Artifact(name or "onnx", "onnx", signature or onnx_signature(path), path=path)
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as error:
+            raise SourceError(f"cannot load torch.export program {path}: {error}") from error
+        return torch_artifact(program.module(), signature, name or "torch", source, path)
+    if path.suffix in (".pt", ".pth", ".ts", ".jit") and _is_torchscript(path):
+        return torch_artifact(torch.jit.load(str(path)), signature, name or "torch", source, path)
+    if path.suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        raise SourceError(
+            f"{path} holds weights, not an architecture: give the architecture as "
+            f"'pkg.module:factory' and this file as its weights "
+            f"(recipe: model: {{source: 'pkg.module:factory', weights: '{path}'}}; "
+            f"CLI: --weights {path})"
+        )
+    raise SourceError(
+        f"unsupported model file {path.name}: use .onnx, .pt2, a TorchScript archive, "
+        f"or 'pkg.module:factory' with weights"
+    )
+
+
+def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    target = import_reference(reference, SourceError)
+    if isinstance(target, torch.nn.Module):
+        if kwargs:
+            raise SourceError(f"'{reference}' is a module instance; it takes no kwargs")
+        return target
+    if not callable(target):
+        raise SourceError(f"'{reference}' is a {type(target).__name__}, not a factory or module")
+    try:
+        module = target(**kwargs)
+    except TypeError as error:
+        raise SourceError(f"calling '{reference}' with kwargs {kwargs} failed: {error}") from error
+    if not isinstance(module, torch.nn.Module):
+        raise SourceError(
+            f"factory '{reference}' returned a {type(module).__name__}, not a torch.nn.Module"
+        )
+    return module
+
+
+def _is_torchscript(path: Path) -> bool:
+    # TorchScript archives carry their code; state_dict archives only data.pkl + tensors.
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in n or n.endswith("constants.pkl") for n in archive.namelist())
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load a state_dict into ``module`` without ever unpickling arbitrary objects."""
+    if not path.exists():
+        raise SourceError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError) as error:
+            raise SourceError(
+                f"refused to load {path}: it holds pickled Python objects besides tensors, and "
+                f"Shipyard never unpickles arbitrary objects (torch.load weights_only=True). "
+                f"Save only the weights: torch.save(model.state_dict(), path), or use "
+                f"safetensors"
+            ) from error
+    if isinstance(state, Mapping):
+        for key in _STATE_DICT_KEYS:  # common checkpoint layouts nest the state_dict
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise SourceError(f"{path} does not hold a state_dict (got {type(state).__name__})")
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise SourceError(
+            f"weights {path} do not fit the model: missing {list(result.missing_keys)[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}"
+        )
+
+
+def torch_artifact(
+    module: torch.nn.Module,
+    signature: Signature | None,
+    name: str = "torch",
+    source: str = "",
+    path: Path | None = None,
+) -> Artifact:
+    """Wrap a module; infer the output specs by running it once when they are not given."""
+    if signature is None:
+        raise SourceError(
+            f"the model '{source or name}' needs an input signature: in the recipe "
+            f"'signature: {{inputs: [{{name: x, dtype: float32, shape: [batch, 3, 224, 224]}}]}}'"
+            f", on the command line '--input x:float32[batch,3,224,224]'"
+        )
+    eval_mode(module)
+    if not signature.outputs:
+        signature = signature.with_outputs(infer_outputs(module, signature))
+    return Artifact(name, "torch", signature, path=path, module=module)
+
+
+def infer_outputs(module: torch.nn.Module, signature: Signature) -> list[TensorSpec]:
+    """Output specs from two runs at different dynamic sizes: dims that change are dynamic."""
+    runs = []
+    for size in (2, 3):
+        feeds = signature.example_inputs(batch=size)
+        args = [torch.as_tensor(feeds[n]) for n in signature.input_names]
+        try:
+            with torch.inference_mode():
+                runs.append(flatten_outputs(module(*args)))
+        except Exception as error:
+            raise SourceError(
+                f"running the model on example inputs ({signature.describe_inputs()}) failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+    dynamic = [d for spec in signature.inputs for d in spec.dynamic_dims.values()]
+    dim_name = dynamic[0] if len(set(dynamic)) == 1 else None
+    names = output_names(len(runs[0]), [])
+    specs = []
+    for i, (a, b) in enumerate(zip(runs[0], runs[1], strict=True)):
+        shape: list[int | str] = []
+        for axis, (da, db) in enumerate(zip(a.shape, b.shape, strict=True)):
+            shape.append(da if da == db else (dim_name or f"{names[i]}_d{axis}"))
+        dtype = str(a.dtype).removeprefix("torch.")
+        specs.append(TensorSpec(name=names[i], dtype=dtype, shape=tuple(shape)))
+    return specs
+
+
+def onnx_signature(path: Path) -> Signature:
+    """Read the graph's inputs and outputs (initializers excluded) as a Signature."""
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise SourceError(f"{path} is not a readable ONNX model: {error}") from error
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value: Any) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims: list[int | str] = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(int(dim.dim_value))
+            else:
+                dims.append(dim.dim_param or f"{value.name}_d{axis}")
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        return TensorSpec(name=value.name, dtype=dtype, shape=tuple(dims))
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
+    return Signature(inputs=tuple(inputs), outputs=tuple(spec(v) for v in model.graph.output))

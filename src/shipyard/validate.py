@@ -1,0 +1,248 @@
+"""Does the candidate still answer like the reference? Parity statistics, accuracy, gates.
+
+``validate(reference, candidate, data)`` runs both artifacts through their Runtimes on the
+same inputs and reports, per output: max/mean absolute error, max relative error, cosine
+similarity, top-1 agreement (classifier outputs), NaN/Inf counts; with labels, the accuracy
+of both and the drop. Gates turn those numbers into pass/fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from shipyard.artifact import Artifact
+from shipyard.data import Dataset
+from shipyard.runtimes import open_session
+
+# Relative error divides by |reference|; this floor keeps exact zeros from dividing by 0.
+_REL_FLOOR = 1e-6
+
+
+class Gates(BaseModel):
+    """Pass/fail limits. ``atol``/``rtol`` are element-wise: |c - r| <= atol + rtol * |r|."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    atol: float | None = Field(default=None, ge=0)
+    rtol: float | None = Field(default=None, ge=0)
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+
+    def merged(self, **overrides: float | None) -> Gates:
+        """These gates with every non-None override applied (command-line flags win)."""
+        values = self.model_dump()
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return Gates(**values)
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine: float
+    top1_agreement: float | None
+    nonfinite_reference: int
+    nonfinite_candidate: int
+    violations: int | None = None  # elements outside atol/rtol, when those gates are set
+
+
+@dataclass
+class GateResult:
+    gate: str
+    limit: float
+    value: float | None
+    passed: bool
+    output: str | None = None
+
+    def describe(self) -> str:
+        where = f" [{self.output}]" if self.output else ""
+        value = "n/a" if self.value is None else f"{self.value:.6g}"
+        verdict = "ok" if self.passed else "FAILED"
+        return f"{self.gate}{where}: {value} (limit {self.limit:g}) {verdict}"
+
+
+@dataclass
+class ValidationReport:
+    reference: str
+    candidate: str
+    samples: int
+    outputs: list[OutputComparison]
+    accuracy_reference: float | None = None
+    accuracy_candidate: float | None = None
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.accuracy_reference is None or self.accuracy_candidate is None:
+            return None
+        return self.accuracy_reference - self.accuracy_candidate
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+    def failures(self) -> list[GateResult]:
+        return [gate for gate in self.gates if not gate.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(accuracy_drop=self.accuracy_drop, passed=self.passed)
+        return data
+
+
+def _is_classifier_output(array: np.ndarray) -> bool:
+    return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
+
+
+def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, gates: Gates) -> OutputComparison:
+    """Statistics of one output pair; non-finite elements are counted, not averaged."""
+    if ref.shape != cand.shape:
+        raise ValueError(f"output '{name}': shapes differ, {ref.shape} vs {cand.shape}")
+    r = ref.astype(np.float64)
+    c = cand.astype(np.float64)
+    finite = np.isfinite(r) & np.isfinite(c)
+    diff = np.abs(c - r)[finite]
+    rel = diff / np.maximum(np.abs(r[finite]), _REL_FLOOR)
+    rf, cf = r[finite], c[finite]
+    denominator = np.linalg.norm(rf) * np.linalg.norm(cf)
+    cosine = float(rf @ cf / denominator) if denominator > 0 else float(np.array_equal(rf, cf))
+    top1 = None
+    if _is_classifier_output(ref):
+        top1 = float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1)))
+    violations = None
+    if gates.atol is not None or gates.rtol is not None:
+        limit = (gates.atol or 0.0) + (gates.rtol or 0.0) * np.abs(r[finite])
+        violations = int(np.count_nonzero(diff > limit))
+    return OutputComparison(
+        name=name,
+        shape=list(ref.shape),
+        max_abs=float(diff.max()) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        max_rel=float(rel.max()) if rel.size else 0.0,
+        cosine=cosine,
+        top1_agreement=top1,
+        nonfinite_reference=int(np.count_nonzero(~np.isfinite(r))),
+        nonfinite_candidate=int(np.count_nonzero(~np.isfinite(c))),
+        violations=violations,
+    )
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(axis=-1) == labels.reshape(-1)))
+
+
+def _gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
+    results: list[GateResult] = []
+    for out in report.outputs:
+        # A candidate that produces NaN/Inf where the reference does not always fails.
+        results.append(
+            GateResult(
+                "nonfinite",
+                out.nonfinite_reference,
+                out.nonfinite_candidate,
+                out.nonfinite_candidate <= out.nonfinite_reference,
+                out.name,
+            )
+        )
+        if out.violations is not None:
+            ok = out.violations == 0
+            if gates.rtol is None:
+                results.append(GateResult("atol", gates.atol or 0.0, out.max_abs, ok, out.name))
+            elif gates.atol is None:
+                results.append(GateResult("rtol", gates.rtol, out.max_rel, ok, out.name))
+            else:  # combined: the value is the count of elements outside atol + rtol*|ref|
+                name = f"atol {gates.atol:g} + rtol {gates.rtol:g}, elements outside"
+                results.append(GateResult(name, 0, out.violations, ok, out.name))
+        if gates.min_cosine is not None:
+            results.append(
+                GateResult(
+                    "min_cosine",
+                    gates.min_cosine,
+                    out.cosine,
+                    out.cosine >= gates.min_cosine,
+                    out.name,
+                )
+            )
+        if gates.min_top1_agreement is not None and out.top1_agreement is not None:
+            results.append(
+                GateResult(
+                    "min_top1_agreement",
+                    gates.min_top1_agreement,
+                    out.top1_agreement,
+                    out.top1_agreement >= gates.min_top1_agreement,
+                    out.name,
+                )
+            )
+    if gates.max_accuracy_drop is not None:
+        drop = report.accuracy_drop
+        # Without labels the gate cannot be measured: fail rather than pass silently.
+        results.append(
+            GateResult(
+                "max_accuracy_drop",
+                gates.max_accuracy_drop,
+                drop,
+                drop is not None and drop <= gates.max_accuracy_drop + 1e-12,
+            )
+        )
+    return results
+
+
+def run_all(
+    artifact: Artifact, data: Dataset, batch_size: int, threads: int | None
+) -> dict[str, np.ndarray]:
+    """Run every batch of ``data`` through the artifact; concatenate outputs by name."""
+    chunks: dict[str, list[np.ndarray]] = {}
+    with open_session(artifact, threads=threads) as session:
+        for feeds in data.batches(batch_size):
+            for name, value in session.run(feeds).items():
+                chunks.setdefault(name, []).append(value)
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def validate(
+    reference: Artifact,
+    candidate: Artifact,
+    data: Dataset | None = None,
+    gates: Gates | None = None,
+    *,
+    samples: int | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    task: str = "classification",
+    seed: int = 0,
+) -> ValidationReport:
+    """Compare ``candidate`` with ``reference`` on ``data`` (or on seeded random inputs).
+
+    Outputs are matched by position, so a renamed output still compares. With labels and
+    ``task="classification"`` the first output's argmax gives each artifact's accuracy.
+    """
+    gates = gates or Gates()
+    if data is None:
+        count = samples or 64
+        data = Dataset(reference.signature.example_inputs(batch=count, seed=seed))
+    data = data.take(samples)
+    ref_out = run_all(reference, data, batch_size, threads)
+    cand_out = run_all(candidate, data, batch_size, threads)
+    if len(ref_out) != len(cand_out):
+        raise ValueError(
+            f"{reference.name} has {len(ref_out)} outputs but {candidate.name} has {len(cand_out)}"
+        )
+    outputs = [
+        compare_output(name, ref_out[name], cand_out[cand_name], gates)
+        for name, cand_name in zip(ref_out, cand_out, strict=True)
+    ]
+    report = ValidationReport(reference.name, candidate.name, len(data), outputs)
+    if data.labels is not None and task == "classification":
+        first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))
+        report.accuracy_reference = _accuracy(first_ref, data.labels)
+        report.accuracy_candidate = _accuracy(first_cand, data.labels)
+    report.gates = _gate_results(report, gates)
+    return report

@@ -1,0 +1,78 @@
+"""Shared fixtures: small real models, their artifacts, and the trained digits CNN."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from shipyard.artifact import Artifact
+from shipyard.passes.export import export_onnx
+from shipyard.signature import Signature, TensorSpec
+from shipyard.sources import torch_artifact
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test run trains the digits CNN into its own cache, never the user's."""
+    cache = tmp_path_factory.mktemp("shipyard-cache")
+    previous = os.environ.get("SHIPYARD_CACHE_DIR")
+    os.environ["SHIPYARD_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("SHIPYARD_CACHE_DIR", None)
+    else:
+        os.environ["SHIPYARD_CACHE_DIR"] = previous
+
+
+class SmallNet(torch.nn.Module):
+    """Conv + BN + pooling + linear: the layer kinds real CNNs export."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        self.head = torch.nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def small_net() -> SmallNet:
+    """Factory used by tests as 'tests.conftest:small_net'."""
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+SMALL_SIGNATURE = Signature(
+    inputs=(TensorSpec(name="x", dtype="float32", shape=("batch", 1, 8, 8)),),
+    outputs=(TensorSpec(name="logits", dtype="float32", shape=("batch", 10)),),
+)
+
+
+@pytest.fixture
+def small_torch() -> Artifact:
+    return torch_artifact(small_net(), SMALL_SIGNATURE)
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    torch_side = torch_artifact(small_net(), SMALL_SIGNATURE)
+    return export_onnx(torch_side, tmp_path_factory.mktemp("small") / "small.onnx")
+
+
+@pytest.fixture(scope="session")
+def digits_model(_isolated_cache: Path) -> torch.nn.Module:
+    from shipyard.examples.digits import trained
+
+    return trained()

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from shipyard.errors import InputError
+from shipyard.signature import Signature, TensorSpec
+
+SIG = Signature(
+    inputs=(
+        TensorSpec(name="ids", dtype="int64", shape=("batch", "seq")),
+        TensorSpec(name="mask", dtype="int64", shape=("batch", "seq")),
+    )
+)
+
+
+def test_example_inputs_follow_the_signature() -> None:
+    feeds = SIG.example_inputs(batch=3)
+    assert feeds["ids"].shape == (3, 3) and feeds["ids"].dtype == np.int64
+    SIG.check_inputs(feeds)
+
+
+@pytest.mark.parametrize(
+    ("feeds", "message"),
+    [
+        ({"ids": np.zeros((2, 4), np.int64)}, "missing input(s) ['mask']"),
+        (
+            {"ids": np.zeros((2, 4), np.int32), "mask": np.zeros((2, 4), np.int64)},
+            "input 'ids' has dtype int32, expected int64",
+        ),
+        ({"ids": np.zeros((2,), np.int64), "mask": np.zeros((2, 4), np.int64)}, "expected 2 dims"),
+        (
+            {"ids": np.zeros((2, 4), np.int64), "mask": np.zeros((3, 4), np.int64)},
+            "dynamic dimension 'batch' is 2 in input 'ids' but 3 in input 'mask'",
+        ),
+        (
+            {
+                "ids": np.zeros((2, 4), np.int64),
+                "mask": np.zeros((2, 4), np.int64),
+                "extra": np.zeros(1),
+            },
+            "unknown input(s) ['extra']",
+        ),
+    ],
+)
+def test_check_inputs_names_the_problem(feeds: dict, message: str) -> None:
+    with pytest.raises(InputError) as error:
+        SIG.check_inputs(feeds)
+    assert message in str(error.value)
+
+
+def test_fixed_dimension_mismatch_names_axis() -> None:
+    sig = Signature(inputs=(TensorSpec(name="x", shape=("batch", 3, 8, 8)),))
+    with pytest.raises(InputError, match="dimension 1 must be 3, got 1"):
+        sig.check_inputs({"x": np.zeros((2, 1, 8, 8), np.float32)})
+
+
+def test_invalid_specs_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="unknown dtype"):
+        TensorSpec(name="x", dtype="float", shape=(1,))
+    with pytest.raises(ValidationError, match=">= 1"):
+        TensorSpec(name="x", shape=(0,))
+    with pytest.raises(ValidationError, match="unique"):
+        Signature(inputs=(TensorSpec(name="x", shape=(1,)), TensorSpec(name="x", shape=(1,))))
