@@ -23,6 +23,7 @@ from shipyard.package import SCHEMA_VERSION, file_hashes, preflight, staging, wr
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
 from shipyard.recipe import Recipe, default_recipe_path, load_recipe
+from shipyard.report import candidate_rows, write_report
 from shipyard.sources import load_model
 from shipyard.validate import ValidationReport, validate
 
@@ -171,8 +172,11 @@ def build(
             "benchmark": bench_report.to_dict() if bench_report else None,
             "hardware": bench_report.fingerprint if bench_report else hardware_fingerprint(),
             "provenance": {"recipe": recipe.to_dict(), "versions": library_versions()},
-            "files": file_hashes(folder),
         }
+        default = manifest["default_artifact"]
+        manifest["candidates"] = candidate_rows(reference, produced, reports, bench_report, default)
+        write_report(folder, manifest)
+        manifest["files"] = file_hashes(folder)
         write_manifest(folder, manifest)
     package_dir = Path(output) / recipe.name / str(recipe.version)
     # Artifacts now live in the final folder, not the staging one.

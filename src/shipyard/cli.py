@@ -309,6 +309,23 @@ def inspect(
         console.print(f"  output {spec.describe()}", highlight=False, markup=False)
 
 
+@app.command()
+def report(
+    package: Annotated[Path, typer.Argument(help="A package folder (OUT/<model>/<version>).")],
+) -> None:
+    """Write report.md, report.html and the plots of a package again from its manifest."""
+    from shipyard.package import file_hashes, load_package, write_manifest
+    from shipyard.report import write_report
+
+    loaded = load_package(package)
+    written = write_report(loaded.path, loaded.manifest)
+    # The report files are part of the package: keep the manifest's hashes true.
+    loaded.manifest["files"] = file_hashes(loaded.path)
+    write_manifest(loaded.path, loaded.manifest)
+    for path in written:
+        console.print(f"[green]✓[/] {escape(str(path))}", highlight=False)
+
+
 def _print_validation(report: Any) -> None:
     table = Table(title=f"{report.candidate} vs {report.reference} ({report.samples} samples)")
     for column in ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agree", "NaN/Inf"):
