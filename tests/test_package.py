@@ -92,3 +92,15 @@ def test_artifact_path_cannot_escape(tmp_path: Path) -> None:
         )
     with pytest.raises(PackageError, match="escapes the package folder"):
         load_package(tmp_path / "m" / "1")
+
+
+def test_package_is_readable_by_other_users(tmp_path: Path) -> None:
+    from shipyard.artifact import write_text_atomic
+
+    with staging(tmp_path, "m", 1) as folder:
+        write_text_atomic(folder / "a.txt", "x")
+        (folder / "sub").mkdir()
+    version = tmp_path / "m" / "1"
+    assert version.stat().st_mode & 0o777 == 0o755
+    assert (version / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (version / "sub").stat().st_mode & 0o777 == 0o755

@@ -1,7 +1,9 @@
 """The build: recipe -> source -> passes -> validation -> benchmark -> package.
 
-``build(recipe, output)`` returns a BuildResult and prints nothing unless given a console;
+``build(recipe, output)`` returns a BuildResult and prints nothing unless given ``on_step``;
 the CLI renders the result. A failed step (gate, export, bench) leaves no version folder.
+The pieces (``prepare``, ``validate_artifact``, ``measure``, ``finish_package``) are shared
+with the optimization search in ``optimize.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +30,7 @@ from shipyard.sources import load_model
 from shipyard.validate import ValidationReport, validate
 
 _VERSIONED = ("shipyard", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy")
+StepCallback = Callable[[str, float], None]
 
 
 @dataclass
@@ -42,6 +45,26 @@ class BuildResult:
     steps: list[tuple[str, float]] = field(default_factory=list)
 
 
+class Steps:
+    """Times each step and reports it to the caller's callback."""
+
+    def __init__(self, on_step: StepCallback | None) -> None:
+        self.on_step = on_step
+        self.done: list[tuple[str, float]] = []
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        now = time.perf_counter()
+        self.done.append((message, now - self.last))
+        if self.on_step is not None:
+            self.on_step(message, now - self.last)
+        self.last = now
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
@@ -52,55 +75,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _load_data(recipe: Recipe, artifact: Artifact) -> dict[str, Dataset]:
-    sources = recipe.data.model_dump(exclude_none=True)
-    return {
-        role: load_data(recipe.resolve(spec), artifact.signature) for role, spec in sources.items()
-    }
-
-
-def _artifact_entry(artifact: Artifact, folder: Path, backend: str) -> dict[str, Any]:
-    assert artifact.path is not None
-    return {
-        "name": artifact.name,
-        "format": artifact.format,
-        "file": str(artifact.path.relative_to(folder)),
-        "backend": backend,
-        "bytes": artifact.size_bytes,
-        "signature": artifact.signature.model_dump(mode="json"),
-        "provenance": [record.to_dict() for record in artifact.provenance],
-    }
-
-
-def build(
-    recipe: Recipe | str | Path | None = None,
-    output: str | Path = "out",
-    *,
-    overwrite: bool = False,
-    run_bench: bool | None = None,
-    on_step: Callable[[str, float], None] | None = None,
-) -> BuildResult:
-    """Run ``recipe`` (default: the built-in digits example) and write its package.
-
-    ``on_step(message, seconds)`` is called after each step (the CLI prints these).
-    Raises GateError when a validation gate fails; nothing is written then.
-    """
-    started = time.perf_counter()
+def as_recipe(recipe: Recipe | str | Path | None) -> Recipe:
+    """A Recipe from itself, a path, or None (the built-in digits example)."""
     if recipe is None:
         recipe = default_recipe_path()
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
-    steps: list[tuple[str, float]] = []
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
 
-    def step(message: str, since: float) -> float:
-        seconds = time.perf_counter() - since
-        steps.append((message, seconds))
-        if on_step is not None:
-            on_step(message, seconds)
-        return time.perf_counter()
 
-    preflight(Path(output), recipe.name, recipe.version, overwrite)
-    t = time.perf_counter()
+def prepare(
+    recipe: Recipe, output: Path, overwrite: bool, steps: Steps
+) -> tuple[Artifact, dict[str, Dataset]]:
+    """Check the output first (fast failure), then load the model and the data sets."""
+    preflight(output, recipe.name, recipe.version, overwrite)
     weights = recipe.resolve(recipe.model.weights) if recipe.model.weights else None
     reference = load_model(
         recipe.resolve(recipe.model.source),
@@ -109,91 +95,155 @@ def build(
         weights=weights,
         name="torch",
     )
-    t = step(f"loaded {recipe.model.source}", t)
-    data = _load_data(recipe, reference)
+    steps(f"loaded {recipe.model.source}")
+    sources = recipe.data.model_dump(exclude_none=True)
+    data = {
+        role: load_data(recipe.resolve(spec), reference.signature) for role, spec in sources.items()
+    }
     if data:
-        t = step("loaded data: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()), t)
+        steps("loaded data: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()))
+    return reference, data
 
-    with staging(Path(output), recipe.name, recipe.version, overwrite) as folder:
-        context = PassContext(workdir=folder, reference=reference, data=data)
-        current, produced = reference, []
-        for entry in recipe.passes:
-            spec = PASSES[entry.name]
-            current = spec.run(current, entry.config, context)
-            if current.format != "torch":
-                produced.append(current)
-            where = current.path.name if current.path else "in memory"
-            t = step(
-                f"{entry.name}: {current.name} -> {where} ({current.size_bytes / 1e6:.2f} MB)", t
-            )
 
-        settings = recipe.validate_
-        reports = []
-        for artifact in produced:
-            report = validate(
-                reference,
-                artifact,
-                data.get("validation"),
-                settings.gates,
-                samples=settings.samples,
-                batch_size=settings.batch_size,
-                task=recipe.task,
-            )
-            reports.append(report)
-            t = step(f"validated {artifact.name}", t)
-            if not report.passed:
-                failed = "; ".join(g.describe() for g in report.failures())
-                raise GateError(f"validation of '{artifact.name}' failed: {failed}", report)
+def validate_artifact(
+    recipe: Recipe, reference: Artifact, artifact: Artifact, data: dict[str, Dataset]
+) -> ValidationReport:
+    settings = recipe.validate_
+    return validate(
+        reference,
+        artifact,
+        data.get("validation"),
+        settings.gates,
+        samples=settings.samples,
+        batch_size=settings.batch_size,
+        task=recipe.task,
+    )
 
-        bench_report = None
-        if run_bench if run_bench is not None else recipe.bench.enabled:
-            b = recipe.bench
-            bench_report = bench(
-                [reference, *produced],
-                batch_sizes=b.batch_sizes,
-                threads=b.threads,
-                warmup=b.warmup,
-                runs=b.runs,
-                max_seconds=b.max_seconds,
-            )
-            t = step("benchmarked " + ", ".join(a.name for a in [reference, *produced]), t)
 
-        manifest = {
-            "schema": SCHEMA_VERSION,
-            "name": recipe.name,
-            "version": recipe.version,
-            "description": recipe.description,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "task": recipe.task,
-            "signature": reference.signature.model_dump(mode="json"),
-            "default_artifact": produced[-1].name if produced else None,
-            "artifacts": [_artifact_entry(a, folder, "onnxruntime") for a in produced],
-            "validation": [r.to_dict() for r in reports],
-            "benchmark": bench_report.to_dict() if bench_report else None,
-            "hardware": bench_report.fingerprint if bench_report else hardware_fingerprint(),
-            "provenance": {"recipe": recipe.to_dict(), "versions": library_versions()},
-        }
-        default = manifest["default_artifact"]
-        manifest["candidates"] = candidate_rows(reference, produced, reports, bench_report, default)
-        write_report(folder, manifest)
-        manifest["files"] = file_hashes(folder)
-        write_manifest(folder, manifest)
-    package_dir = Path(output) / recipe.name / str(recipe.version)
-    # Artifacts now live in the final folder, not the staging one.
-    final = [
+def measure(
+    recipe: Recipe, artifacts: Sequence[Artifact], max_seconds: float | None = None
+) -> BenchReport:
+    """Bench ``artifacts`` interleaved with the recipe's settings (time cap per batch size)."""
+    b = recipe.bench
+    cap = b.max_seconds if max_seconds is None else min(max_seconds, b.max_seconds or max_seconds)
+    return bench(
+        list(artifacts),
+        batch_sizes=b.batch_sizes,
+        threads=b.threads,
+        warmup=b.warmup,
+        runs=b.runs,
+        max_seconds=cap,
+    )
+
+
+def _artifact_entry(artifact: Artifact, folder: Path) -> dict[str, Any]:
+    assert artifact.path is not None
+    return {
+        "name": artifact.name,
+        "format": artifact.format,
+        "file": str(artifact.path.relative_to(folder)),
+        "backend": "onnxruntime",
+        "bytes": artifact.size_bytes,
+        "signature": artifact.signature.model_dump(mode="json"),
+        "provenance": [record.to_dict() for record in artifact.provenance],
+    }
+
+
+def finish_package(
+    folder: Path,
+    recipe: Recipe,
+    reference: Artifact,
+    packaged: Sequence[Artifact],
+    reports: Sequence[ValidationReport],
+    bench_report: BenchReport | None,
+    candidates: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the report and ``shipyard.json`` (hashes last, so they cover the report)."""
+    default = packaged[-1].name if packaged else None
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "name": recipe.name,
+        "version": recipe.version,
+        "description": recipe.description,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": recipe.task,
+        "signature": reference.signature.model_dump(mode="json"),
+        "default_artifact": default,
+        "artifacts": [_artifact_entry(a, folder) for a in packaged],
+        "validation": [r.to_dict() for r in reports],
+        "benchmark": bench_report.to_dict() if bench_report else None,
+        "hardware": bench_report.fingerprint if bench_report else hardware_fingerprint(),
+        "provenance": {"recipe": recipe.to_dict(), "versions": library_versions()},
+        **(extra or {}),
+    }
+    manifest["candidates"] = candidates or candidate_rows(
+        reference, packaged, reports, bench_report, default
+    )
+    write_report(folder, manifest)
+    manifest["files"] = file_hashes(folder)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def relocate(artifacts: Sequence[Artifact], package_dir: Path) -> list[Artifact]:
+    """The same artifacts, pointing into the final version folder instead of staging."""
+    return [
         Artifact(
             a.name, a.format, a.signature, path=package_dir / a.path.name, provenance=a.provenance
         )
-        for a in produced
+        for a in artifacts
         if a.path is not None
     ]
+
+
+def build(
+    recipe: Recipe | str | Path | None = None,
+    output: str | Path = "out",
+    *,
+    overwrite: bool = False,
+    run_bench: bool | None = None,
+    on_step: StepCallback | None = None,
+) -> BuildResult:
+    """Run ``recipe`` (default: the built-in digits example) and write its package.
+
+    ``on_step(message, seconds)`` is called after each step (the CLI prints these).
+    Raises GateError when a validation gate fails; nothing is written then.
+    """
+    recipe = as_recipe(recipe)
+    steps = Steps(on_step)
+    output = Path(output)
+    reference, data = prepare(recipe, output, overwrite, steps)
+    with staging(output, recipe.name, recipe.version, overwrite) as folder:
+        context = PassContext(workdir=folder, reference=reference, data=data)
+        current, produced = reference, []
+        for entry in recipe.passes:
+            current = PASSES[entry.name].run(current, entry.config, context)
+            if current.format != "torch":
+                produced.append(current)
+            where = current.path.name if current.path else "in memory"
+            steps(f"{entry.name}: {current.name} -> {where} ({current.size_bytes / 1e6:.2f} MB)")
+        reports = []
+        for artifact in produced:
+            report = validate_artifact(recipe, reference, artifact, data)
+            reports.append(report)
+            steps(f"validated {artifact.name}")
+            if not report.passed:
+                failed = "; ".join(g.describe() for g in report.failures())
+                raise GateError(f"validation of '{artifact.name}' failed: {failed}", report)
+        bench_report = None
+        if run_bench if run_bench is not None else recipe.bench.enabled:
+            bench_report = measure(recipe, [reference, *produced])
+            steps("benchmarked " + ", ".join(a.name for a in [reference, *produced]))
+        manifest = finish_package(folder, recipe, reference, produced, reports, bench_report)
+    package_dir = output / recipe.name / str(recipe.version)
     return BuildResult(
         recipe,
         package_dir,
         manifest,
-        final,
+        relocate(produced, package_dir),
         reports,
         bench_report,
-        time.perf_counter() - started,
-        steps,
+        steps.elapsed,
+        steps.done,
     )

@@ -109,27 +109,82 @@ def build(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Run a recipe and write the package OUTPUT/<model>/<version>/."""
-    from shipyard.bench import render
+    from shipyard.build import as_recipe
     from shipyard.build import build as run_build
+    from shipyard.optimize import optimize as run_optimize
 
-    def on_step(message: str, seconds: float) -> None:
-        if not as_json:
-            console.print(
-                f"[green]✓[/] {escape(message)} [dim]({seconds:.1f} s)[/]", highlight=False
-            )
-
+    loaded = as_recipe(recipe)
     try:
-        result = run_build(
-            recipe,
-            output,
-            overwrite=overwrite,
-            run_bench=False if no_bench else None,
-            on_step=on_step,
-        )
+        if loaded.optimize is not None:  # `optimize:` in the recipe: the build is a search
+            result = run_optimize(loaded, output, overwrite=overwrite, on_step=_on_step(as_json))
+        else:
+            result = run_build(
+                loaded,
+                output,
+                overwrite=overwrite,
+                run_bench=False if no_bench else None,
+                on_step=_on_step(as_json),
+            )
     except GateError as error:
         if error.report is not None:
             _print_validation(error.report)
         raise
+    _print_result(result, as_json)
+
+
+def _on_step(quiet: bool) -> Any:
+    def on_step(message: str, seconds: float) -> None:
+        if not quiet:
+            console.print(
+                f"[green]✓[/] {escape(message)} [dim]({seconds:.1f} s)[/]", highlight=False
+            )
+
+    return on_step
+
+
+@app.command()
+def optimize(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML (default: built-in digits example).")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Model repository to write into.")
+    ] = Path("out"),
+    budget: Annotated[str | None, typer.Option(help="Time budget: 90s, 10m, 1h.")] = None,
+    objective: Annotated[str | None, typer.Option(help="latency, size or throughput.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size the objective is measured at.")
+    ] = None,
+    no_prune: Annotated[
+        bool, typer.Option("--no-prune", help="Skip structured-pruning candidates.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Search prune/quantize candidates, measured here; package the best that passes the gates."""
+    from shipyard.build import as_recipe
+    from shipyard.optimize import optimize as run_optimize
+    from shipyard.recipe import OptimizeSettings
+
+    loaded = as_recipe(recipe)
+    values = (loaded.optimize or OptimizeSettings()).model_dump()
+    overrides = {"budget": budget, "objective": objective, "batch_size": batch_size}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if no_prune:
+        values["prune_levels"] = []
+    try:
+        settings = OptimizeSettings.model_validate(values)
+    except ValueError as error:  # pydantic's message names the option
+        raise InputError(" ".join(str(error).split())) from error
+    result = run_optimize(
+        loaded, output, settings=settings, overwrite=overwrite, on_step=_on_step(as_json)
+    )
+    _print_result(result, as_json)
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    from shipyard.bench import render
+
     if as_json:
         print(json.dumps(result.manifest, indent=2, default=str))
         return
@@ -137,7 +192,14 @@ def build(
         _print_validation(report)
     if result.benchmark is not None:
         console.print(render(result.benchmark, baseline="torch"))
-    console.print(f"[bold]package[/] {result.package_dir} ({result.seconds:.1f} s)")
+    search = result.manifest.get("search")
+    if search:
+        console.print(f"[bold]search[/] {escape(search['verdict'])}", highlight=False)
+    console.print(
+        f"[bold]package[/] {result.package_dir} ({result.seconds:.1f} s); "
+        f"report {result.package_dir / 'report.md'}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -69,6 +69,10 @@ def staging(output: Path, name: str, version: int, overwrite: bool = False) -> I
     stage = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
         yield stage
+        # mkdtemp makes 0700 folders; files inside may come from exporters with their own modes.
+        os.chmod(stage, 0o755)
+        for path in stage.rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{version}-", dir=model_dir))
             os.replace(target, old / "v")

@@ -7,6 +7,7 @@ integer``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ from shipyard.errors import RecipeError
 from shipyard.imports import is_reference
 from shipyard.passes import PASSES
 from shipyard.passes.export import ExportConfig
+from shipyard.passes.finetune import FinetuneConfig
+from shipyard.passes.quantize import PRESETS
 from shipyard.signature import Signature
 from shipyard.validate import Gates
 
@@ -102,6 +105,55 @@ class PassStep(_PassStepBase):  # type: ignore[misc,valid-type]
         return self
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"10m"`` or ``"1.5h"``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"duration {value!r}: use seconds or a number with s, m or h ('10m')")
+    return float(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2] or "s"]
+
+
+class OptimizeSettings(_Strict):
+    """``optimize: auto`` or ``{objective: latency, batch_size: 8, budget: 10m, ...}``."""
+
+    objective: Literal["latency", "size", "throughput"] = "latency"
+    batch_size: int = Field(default=8, ge=1)
+    budget: float = Field(default=600.0, gt=0)  # seconds; "10m" accepted
+    prune_levels: list[float] = Field(default_factory=lambda: [0.75, 0.5])  # MACs kept
+    quantize: list[str] = Field(default_factory=lambda: list(PRESETS))
+    finetune: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(epochs=10, distill_from_original=True)
+    )
+    # The search's own gates: an int8 model cannot meet export-parity gates such as atol 1e-4.
+    # None: max_accuracy_drop 0.005 with labelled validation data, else min_cosine 0.99.
+    gates: Gates | None = None
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("prune_levels")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < level < 1 for level in value):
+            raise ValueError("prune_levels are fractions of MACs to keep, each in (0, 1)")
+        return value
+
+    @field_validator("quantize")
+    @classmethod
+    def _presets(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown quantization preset(s) {unknown}; known: {list(PRESETS)}")
+        return value
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=_NAME_PATTERN)
     version: int = Field(default=1, ge=1)
@@ -113,6 +165,13 @@ class Recipe(_Strict):
     passes: list[PassStep] = Field(default_factory=lambda: [PassStep(export=ExportConfig())])
     validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
     bench: BenchSettings = Field(default_factory=BenchSettings)
+    optimize: OptimizeSettings | None = None  # `optimize: auto` = the default search
+
+    @field_validator("optimize", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return {} if value == "auto" else value
+
     # Where relative paths in the recipe are resolved from (the recipe's folder).
     base_dir: Path = Field(default=Path("."), exclude=True)
 

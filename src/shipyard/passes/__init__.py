@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from shipyard.passes.export import ExportConfig, run_export
+from shipyard.passes.finetune import FinetuneConfig, run_finetune
+from shipyard.passes.prune import PruneConfig, run_prune
+from shipyard.passes.quantize import QuantizeConfig, run_quantize
 
 if TYPE_CHECKING:
     from shipyard.artifact import Artifact
@@ -28,7 +31,28 @@ class PassSpec:
 
 
 PASSES: dict[str, PassSpec] = {
-    "export": PassSpec("export", ExportConfig, run_export, "torch module -> ONNX file"),
+    spec.name: spec
+    for spec in (
+        PassSpec(
+            "prune",
+            PruneConfig,
+            run_prune,
+            "torch module -> pruned torch module (l1_unstructured or structured)",
+        ),
+        PassSpec(
+            "finetune",
+            FinetuneConfig,
+            run_finetune,
+            "torch module -> fine-tuned torch module (needs data: train:)",
+        ),
+        PassSpec("export", ExportConfig, run_export, "torch module -> ONNX file"),
+        PassSpec(
+            "quantize",
+            QuantizeConfig,
+            run_quantize,
+            "ONNX file -> int8 (dynamic or static QDQ) or fp16 ONNX file",
+        ),
+    )
 }
 
 __all__ = ["PASSES", "PassSpec"]
