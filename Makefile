@@ -32,7 +32,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/runtime_vs_torch.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/runtime_vs_torch.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/optimize.py
 
 clean:
 	rm -rf demo-out .pytest_cache .mypy_cache .ruff_cache

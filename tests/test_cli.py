@@ -141,3 +141,22 @@ def test_build_via_cli_into_a_repository(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already exists" in again.stderr
     inspect = shipyard("inspect", tmp_path / "repo" / "tiny" / "1")
     assert inspect.returncode == 0 and "onnx: " in inspect.stdout
+
+
+def test_structured_pruning_without_training_data_needs_no_finetune(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: pruned\nmodel: {source: tests.conftest:small_net}\nsignature:\n"
+        "  inputs: [{name: x, dtype: float32, shape: [batch, 1, 8, 8]}]\n"
+        "passes:\n  - prune: {method: structured, amount: 0.5}\n  - export: {}\n"
+        "validate: {samples: 8}\n"
+    )
+    refused = shipyard("build", recipe, "-o", tmp_path / "repo", "--no-bench")
+    assert refused.returncode == 2
+    assert "--no-finetune" in refused.stderr and "data: train:" in refused.stderr
+    assert not (tmp_path / "repo" / "pruned" / "1").exists()
+    allowed = shipyard("build", recipe, "-o", tmp_path / "repo", "--no-bench", "--no-finetune")
+    assert allowed.returncode == 0, allowed.stderr
+    manifest = json.loads((tmp_path / "repo" / "pruned" / "1" / "shipyard.json").read_text())
+    prune = manifest["artifacts"][0]["provenance"][0]
+    assert prune["pass"] == "prune" and prune["notes"]["params_ratio"] < 1.0

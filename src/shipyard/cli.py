@@ -106,6 +106,9 @@ def build(
     ] = Path("out"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the benchmark step.")] = False,
+    no_finetune: Annotated[
+        bool, typer.Option("--no-finetune", help="Allow structured pruning without fine-tuning.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Run a recipe and write the package OUTPUT/<model>/<version>/."""
@@ -114,6 +117,10 @@ def build(
     from shipyard.optimize import optimize as run_optimize
 
     loaded = as_recipe(recipe)
+    if no_finetune:  # the user accepts the accuracy loss of pruning without retraining
+        for step in loaded.passes:
+            if step.name == "prune":
+                step.prune = step.prune.model_copy(update={"allow_without_finetune": True})
     try:
         if loaded.optimize is not None:  # `optimize:` in the recipe: the build is a search
             result = run_optimize(loaded, output, overwrite=overwrite, on_step=_on_step(as_json))
