@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # The CPU build of torch goes in first, so that resolving the project never pulls a CUDA build.
 TORCH  ?= torch==2.13.0
+PORT   ?= 8000
 
 .PHONY: venv demo test test-fast lint bench clean
 
@@ -19,6 +20,12 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/shipyard build --output demo-out --overwrite
+	$(BIN)/python -m shipyard.examples.digits.request demo-out/request.json
+	@echo
+	@echo "Serving demo-out on http://127.0.0.1:$(PORT) (Ctrl-C stops). In another terminal:"
+	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/v2/models/digits/infer -H 'Content-Type: application/json' -d @demo-out/request.json"
+	@echo
+	$(BIN)/shipyard serve demo-out --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -175,6 +175,7 @@ def finish_package(
         "benchmark": bench_report.to_dict() if bench_report else None,
         "hardware": bench_report.fingerprint if bench_report else hardware_fingerprint(),
         "provenance": {"recipe": recipe.to_dict(), "versions": library_versions()},
+        "serving": recipe.serve.model_dump(mode="json"),
         **(extra or {}),
     }
     manifest["candidates"] = candidates or candidate_rows(

@@ -379,6 +379,53 @@ def inspect(
 
 
 @app.command()
+def serve(
+    repository: Annotated[Path, typer.Argument(help="Folder of <model>/<version>/ packages.")],
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHIPYARD_SERVE_TOKEN",
+            show_default=False,
+            help="Bearer token for inference, metadata and /metrics (env SHIPYARD_SERVE_TOKEN).",
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHIPYARD_SERVE_ADMIN_TOKEN",
+            show_default=False,
+            help="Bearer token for /v2/repository (default: --token).",
+        ),
+    ] = None,
+    watch: Annotated[
+        float | None, typer.Option(help="Poll the repository every SECONDS and load new versions.")
+    ] = None,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest request body accepted (413 above).")
+    ] = 64.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a model repository over the Open Inference Protocol v2 (KServe / Triton HTTP)."""
+    from shipyard.serve import run_server
+
+    # Tokens come from the environment by default: command lines are visible to local users.
+    run_server(
+        repository,
+        host,
+        port,
+        auth_token=token,
+        admin_token=admin_token,
+        watch_seconds=watch,
+        max_body_bytes=int(max_body_mb * 2**20),
+        log_level=log_level,
+    )
+
+
+@app.command()
 def report(
     package: Annotated[Path, typer.Argument(help="A package folder (OUT/<model>/<version>).")],
 ) -> None:

@@ -28,6 +28,7 @@ from shipyard.passes import PASSES
 from shipyard.passes.export import ExportConfig
 from shipyard.passes.finetune import FinetuneConfig
 from shipyard.passes.quantize import PRESETS
+from shipyard.serve.config import ServingConfig
 from shipyard.signature import Signature
 from shipyard.validate import Gates
 
@@ -166,6 +167,7 @@ class Recipe(_Strict):
     validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
     bench: BenchSettings = Field(default_factory=BenchSettings)
     optimize: OptimizeSettings | None = None  # `optimize: auto` = the default search
+    serve: ServingConfig = Field(default_factory=ServingConfig)  # written to the manifest
 
     @field_validator("optimize", mode="before")
     @classmethod

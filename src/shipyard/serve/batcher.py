@@ -1,0 +1,320 @@
+"""The dynamic batcher of one model version (asyncio), with Triton's knobs.
+
+Requests wait in a bounded FIFO queue. The timer starts at the oldest waiting request; a batch
+is dispatched as soon as a session instance is free and either ``max_batch_size`` rows are
+waiting, a preferred batch size can be formed, or the oldest request has waited
+``max_queue_delay_ms``. Inference runs in a thread pool with one worker per instance (ONNX
+Runtime releases the GIL), so the next batch forms while the current one runs.
+
+Requests may carry several rows (a batch of 3); they are concatenated along axis 0 and the
+outputs are split back by row offsets (views, no copy). Requests whose non-batch dynamic
+dimensions differ (e.g. sequence length) never share a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from shipyard.errors import BackendError
+from shipyard.runtimes.base import Session
+from shipyard.serve.config import ServingConfig
+from shipyard.serve.errors import (
+    BadRequest,
+    ModelNotReady,
+    QueueFull,
+    RequestTimeout,
+    VersionRetired,
+)
+from shipyard.serve.metrics import VersionMetrics
+from shipyard.signature import Signature
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    feeds: Mapping[str, np.ndarray]
+    rows: int
+    key: tuple[tuple[int, ...], ...] | None  # non-batch dynamic dims; equal keys may share
+    future: asyncio.Future[Outputs]
+    enqueued: float
+
+
+def batch_dimension(signature: Signature) -> str | None:
+    """The dynamic dimension name every input and output starts with, or None.
+
+    Only such models can be batched: rows of different requests stack along axis 0 and the
+    outputs split back along axis 0.
+    """
+    if not signature.outputs:
+        return None
+    specs = (*signature.inputs, *signature.outputs)
+    first = {spec.shape[0] if spec.shape else None for spec in specs}
+    name = first.pop() if len(first) == 1 else None
+    return name if isinstance(name, str) else None
+
+
+def _expire(future: asyncio.Future[Outputs], seconds: float) -> None:
+    if not future.done():
+        future.set_exception(
+            RequestTimeout(f"no result within the timeout of {seconds * 1e3:g} ms")
+        )
+
+
+class Batcher:
+    """Queue, batch and run requests for one version on its ``sessions`` (one per instance).
+
+    Call :meth:`start` inside the event loop, :meth:`infer` per request and :meth:`close` to
+    drain: queued and running requests finish, then the sessions are closed.
+    """
+
+    def __init__(
+        self,
+        sessions: Sequence[Session],
+        config: ServingConfig,
+        *,
+        label: str = "model",
+        metrics: VersionMetrics | None = None,
+    ) -> None:
+        if not sessions:
+            raise ValueError("a batcher needs at least one session")
+        self.signature = sessions[0].signature
+        self.label = label
+        self._sessions = list(sessions)
+        self._free = list(sessions)
+        self._names = self.signature.input_names
+        self.max_batch_size = config.max_batch_size if batch_dimension(self.signature) else 0
+        self._preferred = sorted(
+            {p for p in config.preferred_batch_sizes if p <= self.max_batch_size}, reverse=True
+        )
+        self._delay = config.max_queue_delay_ms / 1e3
+        self._max_queue = config.max_queue_size
+        self._timeout = config.timeout_ms / 1e3 if config.timeout_ms else None
+        # Inputs with dynamic dims past axis 0: their shapes decide which requests may share.
+        self._varying = [
+            spec.name
+            for spec in self.signature.inputs
+            if any(isinstance(d, str) for d in spec.shape[1:])
+        ]
+        self._metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._running = 0
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(len(sessions), thread_name_prefix=f"infer-{label}")
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not yet dispatched)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the scheduling task on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._schedule())
+        self._task.add_done_callback(self._scheduler_done)
+
+    async def infer(self, feeds: Mapping[str, np.ndarray], timeout: float | None = None) -> Outputs:
+        """Queue ``feeds`` (checked against the signature) and return every output.
+
+        ``timeout`` (seconds) replaces the configured ``timeout_ms`` for this request. Raises
+        InputError or BadRequest (400), QueueFull or VersionRetired (503), RequestTimeout (504).
+        """
+        if self._closing:
+            raise VersionRetired(f"{self.label} is being unloaded; retry")
+        if len(self._queue) >= self._max_queue and not self._purge():
+            raise QueueFull(f"{self.label}: queue full ({self._max_queue} requests waiting)")
+        self.signature.check_inputs(feeds)
+        rows = 1
+        if self.max_batch_size:
+            rows = feeds[self._names[0]].shape[0]
+            if not 0 < rows <= self.max_batch_size:
+                raise BadRequest(
+                    f"batch dimension of input '{self._names[0]}' is {rows}; {self.label} "
+                    f"accepts 1..{self.max_batch_size} rows per request (max_batch_size)"
+                )
+        key = tuple(feeds[name].shape[1:] for name in self._varying) if self._varying else None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._queue.append(_Pending(feeds, rows, key, future, time.perf_counter()))
+        self._queued_rows += rows
+        self._wake.set()
+        limit = timeout if timeout is not None else self._timeout
+        timer = loop.call_later(limit, _expire, future, limit) if limit else None
+        try:
+            return await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def close(self) -> None:
+        """Stop accepting requests, finish queued and running ones, close the sessions."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        self._executor.shutdown(wait=True)
+        for session in self._sessions:
+            session.close()
+
+    def _purge(self) -> bool:
+        """Drop entries whose callers gave up; True when that freed room in the queue."""
+        before = len(self._queue)
+        kept = deque(p for p in self._queue if not p.future.done())
+        self._queued_rows = sum(p.rows for p in kept)
+        self._queue = kept
+        return len(kept) < before
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            queue = self._queue
+            while queue and queue[0].future.done():
+                self._queued_rows -= queue.popleft().rows
+            if not queue or not self._free:
+                if self._closing and not queue and self._running == 0:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            cap, wait = self._decide()
+            if wait > 0:
+                # Sleep until the oldest request's delay runs out or something changes.
+                self._wake.clear()
+                timer = loop.call_later(wait, self._wake.set)
+                await self._wake.wait()
+                timer.cancel()
+                continue
+            batch = self._take(cap)
+            if batch:
+                self._dispatch(loop, batch)
+
+    def _decide(self) -> tuple[int, float]:
+        """(most rows to take, seconds to wait first); wait 0 means dispatch now."""
+        if not self.max_batch_size:
+            return 1, 0.0
+        if self._closing:
+            return self.max_batch_size, 0.0
+        rows = self._compatible_rows()
+        if rows >= self.max_batch_size:
+            return self.max_batch_size, 0.0
+        for size in self._preferred:
+            if rows >= size:
+                return size, 0.0
+        waited = time.perf_counter() - self._queue[0].enqueued
+        return self.max_batch_size, self._delay - waited
+
+    def _compatible_rows(self) -> int:
+        """Rows that could join the oldest request's batch (stops counting at the cap)."""
+        if not self._varying:
+            return self._queued_rows
+        head_key, rows = self._queue[0].key, 0
+        for pending in self._queue:
+            if pending.key == head_key and not pending.future.done():
+                rows += pending.rows
+                if rows >= self.max_batch_size:
+                    break
+        return rows
+
+    def _take(self, cap: int) -> list[_Pending]:
+        """Pop the oldest request and those after it that fit in ``cap`` rows (FIFO)."""
+        queue, rows = self._queue, 0
+        batch: list[_Pending] = []
+        head_key = queue[0].key
+        skipped: list[_Pending] = []
+        while queue:
+            pending = queue[0]
+            if pending.future.done():
+                queue.popleft()
+                self._queued_rows -= pending.rows
+                continue
+            if batch and (rows + pending.rows > cap or not self.max_batch_size):
+                break
+            queue.popleft()
+            if pending.key != head_key:
+                skipped.append(pending)  # other shapes wait for a batch of their own
+                continue
+            batch.append(pending)
+            rows += pending.rows
+            self._queued_rows -= pending.rows
+        # Put skipped requests back in front, in their original order.
+        queue.extendleft(reversed(skipped))
+        return batch
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        session = self._free.pop()
+        self._running += 1
+        if self._metrics is not None:
+            now = time.perf_counter()
+            observe = self._metrics.queue_time.observe
+            for pending in batch:
+                observe(now - pending.enqueued)
+        done = self._executor.submit(self._run, session, batch)
+        done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, session, batch, f))
+
+    def _run(self, session: Session, batch: list[_Pending]) -> tuple[list[Outputs], float]:
+        """Worker thread: concatenate, run once, split the outputs back per request."""
+        started = time.perf_counter()
+        if len(batch) == 1:
+            return [session.run(batch[0].feeds)], time.perf_counter() - started
+        feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in self._names}
+        outputs = session.run(feeds)
+        total = sum(p.rows for p in batch)
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != total:
+                raise BackendError(
+                    f"{self.label}: output '{name}' has shape {array.shape} for a batch of "
+                    f"{total} rows; its first dimension must be the batch"
+                )
+        results, start = [], 0
+        for pending in batch:
+            stop = start + pending.rows
+            results.append({name: array[start:stop] for name, array in outputs.items()})
+            start = stop
+        return results, time.perf_counter() - started
+
+    def _finish(
+        self,
+        session: Session,
+        batch: list[_Pending],
+        done: ConcurrentFuture[tuple[list[Outputs], float]],
+    ) -> None:
+        self._free.append(session)
+        self._running -= 1
+        self._wake.set()
+        error = done.exception()
+        if error is not None:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        results, seconds = done.result()
+        if self._metrics is not None:
+            self._metrics.compute_time.observe(seconds)
+            self._metrics.batch_size.observe(sum(p.rows for p in batch))
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    def _scheduler_done(self, task: asyncio.Task[None]) -> None:
+        # A bug in the scheduler must not leave callers waiting forever.
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("batcher of %s stopped", self.label, exc_info=task.exception())
+        self._closing = True
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(ModelNotReady(f"{self.label}: scheduler failed"))
+        self._queue.clear()

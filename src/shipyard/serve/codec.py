@@ -1,0 +1,253 @@
+"""V2 inference requests and responses ↔ numpy, JSON and the binary tensor data extension.
+
+A request body is JSON, or (binary extension) JSON of ``Inference-Header-Content-Length``
+bytes followed by the raw tensors of every input that declares
+``parameters.binary_data_size``, in input order. Outputs are returned as JSON ``data`` or, when
+asked (``parameters.binary_data_output`` on the request or ``parameters.binary_data`` on an
+output), as raw bytes after the JSON header. BYTES tensors are refused with 400. The request
+``id`` and ``parameters`` (all but the protocol's own, such as ``timeout``) are echoed in the
+response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shipyard.serve.errors import BadRequest
+from shipyard.signature import Signature
+
+HEADER_LENGTH = "inference-header-content-length"
+# Request parameters that steer the protocol; the rest are echoed in the response.
+_CONTROL_PARAMETERS = frozenset(
+    {"binary_data_output", "timeout", "priority", "sequence_id", "sequence_start", "sequence_end"}
+)
+
+# V2 datatype -> numpy dtype; BYTES (length-prefixed strings) is not supported.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+_BY_NUMPY = {dtype.name: name for name, dtype in DATATYPES.items()}
+
+
+def datatype_of(dtype: str | np.dtype[Any]) -> str:
+    """The V2 datatype name of a numpy dtype (``float32`` -> ``FP32``)."""
+    return _BY_NUMPY[np.dtype(dtype).name]
+
+
+@dataclass
+class InferRequest:
+    """A decoded request: inputs as arrays, which outputs to return and how."""
+
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] | None = None  # None: every output
+    binary: dict[str, bool] = field(default_factory=dict)  # output name -> send as bytes
+    binary_default: bool = False
+
+    @property
+    def timeout(self) -> float | None:
+        """``parameters.timeout`` (microseconds, as tritonclient sends it) in seconds."""
+        value = self.parameters.get("timeout")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value) / 1e6
+        return None
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def _shape(tensor: Mapping[str, Any], name: str) -> tuple[int, ...]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def _dtype(tensor: Mapping[str, Any], name: str, signature: Signature | None) -> np.dtype[Any]:
+    datatype = tensor.get("datatype")
+    if datatype == "BYTES":
+        raise BadRequest(f"input '{name}': BYTES tensors are not supported by this server")
+    if datatype not in DATATYPES:
+        raise BadRequest(
+            f"input '{name}': unknown datatype {datatype!r}; use one of {sorted(DATATYPES)}"
+        )
+    dtype = DATATYPES[datatype]
+    if signature is not None:
+        spec = next((s for s in signature.inputs if s.name == name), None)
+        if spec is not None and np.dtype(spec.dtype) != dtype:
+            raise BadRequest(
+                f"input '{name}' has datatype {datatype}, but the model expects "
+                f"{datatype_of(spec.dtype)} ({spec.describe()})"
+            )
+    return dtype
+
+
+def _from_json(data: Any, shape: tuple[int, ...], dtype: np.dtype[Any], name: str) -> np.ndarray:
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise BadRequest(f"input '{name}': 'data' does not hold {dtype} numbers: {error}") from None
+    expected = math.prod(shape)
+    if array.size != expected:
+        raise BadRequest(
+            f"input '{name}': 'data' holds {array.size} values but shape {list(shape)} "
+            f"needs {expected}"
+        )
+    return array.reshape(shape)
+
+
+def decode_request(
+    body: bytes, header_length: str | None = None, signature: Signature | None = None
+) -> InferRequest:
+    """Parse a request ``body``; ``header_length`` is the Inference-Header-Content-Length value.
+
+    With ``signature``, datatypes and requested outputs are checked against the model (shapes
+    are checked by the batcher). Raises BadRequest naming the offending input.
+    """
+    binary = memoryview(b"")
+    if header_length is not None:
+        if not header_length.isdigit():
+            raise BadRequest("Inference-Header-Content-Length must be a non-negative integer")
+        length = int(header_length)
+        if length > len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
+            )
+        binary = memoryview(body)[length:]
+        body = body[:length]
+    try:
+        request = _object(json.loads(body), "the request")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"the request is not valid JSON: {error}") from None
+    tensors = request.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise BadRequest("the request needs a non-empty 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in tensors:
+        tensor = _object(tensor, "each entry of 'inputs'")
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("each input needs a 'name'")
+        if name in inputs:
+            raise BadRequest(f"input '{name}' is given twice")
+        shape, dtype = _shape(tensor, name), _dtype(tensor, name, signature)
+        params = _object(tensor.get("parameters") or {}, f"input '{name}': 'parameters'")
+        size = params.get("binary_data_size")
+        if size is None:
+            if "data" not in tensor:
+                raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
+            inputs[name] = _from_json(tensor["data"], shape, dtype, name)
+            continue
+        expected = math.prod(shape) * dtype.itemsize
+        if not isinstance(size, int) or size != expected:
+            raise BadRequest(
+                f"input '{name}': binary_data_size is {size!r} but shape {list(shape)} of "
+                f"{datatype_of(dtype)} needs {expected} bytes"
+            )
+        if offset + size > len(binary):
+            raise BadRequest(
+                f"input '{name}': the binary data is truncated ({len(binary) - offset} of "
+                f"{size} bytes present)"
+            )
+        chunk = binary[offset : offset + size]
+        offset += size
+        # Zero-copy view of the body; copy only when misaligned for the dtype.
+        array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+        inputs[name] = array if array.flags.aligned else array.copy()
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return _options(request, inputs, signature)
+
+
+def _options(
+    request: dict[str, Any], inputs: dict[str, np.ndarray], signature: Signature | None
+) -> InferRequest:
+    parameters = _object(request.get("parameters") or {}, "'parameters'")
+    decoded = InferRequest(
+        inputs,
+        id=str(request["id"]) if request.get("id") is not None else None,
+        parameters=parameters,
+        binary_default=bool(parameters.get("binary_data_output", False)),
+    )
+    wanted = request.get("outputs")
+    if wanted is None:
+        return decoded
+    if not isinstance(wanted, list):
+        raise BadRequest("'outputs' must be a list")
+    known = signature.output_names if signature is not None and signature.outputs else None
+    decoded.outputs = []
+    for output in wanted:
+        output = _object(output, "each entry of 'outputs'")
+        name = output.get("name")
+        if not isinstance(name, str):
+            raise BadRequest("each requested output needs a 'name'")
+        if known is not None and name not in known:
+            raise BadRequest(f"unknown output '{name}'; the model has {known}")
+        params = _object(output.get("parameters") or {}, f"output '{name}': 'parameters'")
+        if params.get("classification"):
+            raise BadRequest(f"output '{name}': the classification extension is not supported")
+        if "binary_data" in params:
+            decoded.binary[name] = bool(params["binary_data"])
+        decoded.outputs.append(name)
+    return decoded
+
+
+def encode_response(
+    model: str,
+    version: int,
+    outputs: Mapping[str, np.ndarray],
+    request: InferRequest,
+) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary tensors, the JSON header's length."""
+    names: Sequence[str] = request.outputs if request.outputs is not None else list(outputs)
+    described: list[dict[str, Any]] = []
+    blobs: list[np.ndarray] = []
+    for name in names:
+        array = outputs[name]
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array.dtype),
+            "shape": list(array.shape),
+        }
+        if request.binary.get(name, request.binary_default):
+            array = np.ascontiguousarray(array)
+            entry["parameters"] = {"binary_data_size": array.nbytes}
+            blobs.append(array)
+        else:
+            entry["data"] = array.ravel().tolist()
+        described.append(entry)
+    response: dict[str, Any] = {"model_name": model, "model_version": str(version)}
+    if request.id is not None:
+        response["id"] = request.id
+    echoed = {k: v for k, v in request.parameters.items() if k not in _CONTROL_PARAMETERS}
+    if echoed:
+        response["parameters"] = echoed
+    response["outputs"] = described
+    header = json.dumps(response, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *(blob.data.cast("B") for blob in blobs)]), len(header)

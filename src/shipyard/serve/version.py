@@ -1,0 +1,158 @@
+"""One model version in service: open a package, smoke-test it, describe it (V2 metadata).
+
+``open_version(folder)`` does the blocking part of a load (sha256 verification, opening
+``instances`` sessions, one run of the signature's example inputs); the repository then puts
+the sessions behind a Batcher on the event loop and wraps all of it in a ``ModelVersion``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shipyard.artifact import Artifact
+from shipyard.package import MANIFEST, Package, load_package
+from shipyard.runtimes.base import Session, open_session
+from shipyard.serve.batcher import Batcher
+from shipyard.serve.codec import datatype_of
+from shipyard.serve.config import LatestPolicy, ServingConfig, SpecificPolicy
+from shipyard.serve.errors import ServingConfigError
+from shipyard.serve.metrics import VersionMetrics
+from shipyard.signature import TensorSpec
+
+# backend -> the "platform" V2 model metadata reports (Triton's names).
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    shape = [d if isinstance(d, int) else -1 for d in spec.shape]
+    return {"name": spec.name, "datatype": datatype_of(spec.dtype), "shape": shape}
+
+
+@dataclass
+class OpenedVersion:
+    """What the loading thread produces: everything but the batcher (which needs the loop)."""
+
+    package: Package
+    config: ServingConfig
+    sessions: list[Session]
+    backend: str
+    digest: str
+    seconds: float
+
+
+class ModelVersion:
+    """A version in service: its package, serving config and batcher."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        opened: OpenedVersion,
+        batcher: Batcher,
+        metrics: VersionMetrics,
+    ) -> None:
+        self.name, self.version = name, version
+        self.package, self.config = opened.package, opened.config
+        self.digest, self.load_seconds = opened.digest, opened.seconds
+        self.batcher, self.metrics = batcher, metrics
+        self.signature = batcher.signature
+        self.backend = opened.backend
+        self.platform = _PLATFORMS.get(opened.backend, opened.backend)
+        self.inputs = [_tensor_metadata(s) for s in self.signature.inputs]
+        self.outputs = [_tensor_metadata(s) for s in self.signature.outputs]
+
+    def triton_config(self) -> dict[str, Any]:
+        """The version's settings in the shape of Triton's model configuration (JSON)."""
+        batching = self.batcher.max_batch_size > 0
+
+        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": spec.name,
+                    "data_type": "TYPE_" + datatype_of(spec.dtype),
+                    "dims": [
+                        d if isinstance(d, int) else -1
+                        for d in (spec.shape[1:] if batching else spec.shape)
+                    ],
+                }
+                for spec in specs
+            ]
+
+        config = self.config
+        policy = config.version_policy
+        if isinstance(policy, LatestPolicy):
+            version_policy: dict[str, Any] = {"latest": {"num_versions": policy.latest}}
+        elif isinstance(policy, SpecificPolicy):
+            version_policy = {"specific": {"versions": policy.specific}}
+        else:
+            version_policy = {"all": {}}
+        return {
+            "name": self.name,
+            "platform": self.platform,
+            "backend": self.backend,
+            "version_policy": version_policy,
+            "max_batch_size": self.batcher.max_batch_size,
+            "input": tensors(self.signature.inputs),
+            "output": tensors(self.signature.outputs),
+            "dynamic_batching": {
+                "preferred_batch_size": config.preferred_batch_sizes,
+                "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
+                "default_queue_policy": {
+                    "max_queue_size": config.max_queue_size,
+                    "default_timeout_microseconds": int((config.timeout_ms or 0) * 1000),
+                },
+            }
+            if batching
+            else None,
+            "instance_group": [{"count": config.instances, "kind": "KIND_CPU"}],
+            "parameters": {"threads": {"string_value": str(config.threads)}},
+        }
+
+
+def manifest_digest(folder: Path) -> str:
+    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+
+
+def _pick_artifact(package: Package, config: ServingConfig) -> tuple[Artifact, str]:
+    wanted = config.artifact or package.manifest.get("default_artifact")
+    if not package.artifacts:
+        raise ServingConfigError(f"{package.path} holds no artifact to serve")
+    names = [a.name for a in package.artifacts]
+    if wanted is None:
+        wanted = names[0]
+    if wanted not in names:
+        raise ServingConfigError(f"artifact {wanted!r} is not in the package; it has {names}")
+    artifact = package.artifacts[names.index(wanted)]
+    entry = next(e for e in package.manifest["artifacts"] if e["name"] == wanted)
+    return artifact, entry.get("backend") or ("onnxruntime" if artifact.format == "onnx" else "")
+
+
+def open_version(folder: Path) -> OpenedVersion:
+    """Blocking: verify the package, open its sessions and smoke-test them."""
+    started = time.perf_counter()
+    digest = manifest_digest(folder)
+    package = load_package(folder, verify=True)
+    config = ServingConfig.from_manifest(package.manifest)
+    artifact, backend = _pick_artifact(package, config)
+    sessions: list[Session] = []
+    try:
+        for _ in range(config.instances):
+            sessions.append(open_session(artifact, backend=backend, threads=config.threads))
+        example = artifact.signature.example_inputs(batch=1)
+        for session in sessions:
+            outputs = session.run(example)
+            declared = artifact.signature.output_names
+            if declared and list(outputs) != declared:
+                raise ServingConfigError(
+                    f"smoke test: the model returned outputs {list(outputs)}, its signature "
+                    f"declares {declared}"
+                )
+    except BaseException:
+        for session in sessions:
+            session.close()
+        raise
+    return OpenedVersion(package, config, sessions, backend, digest, time.perf_counter() - started)

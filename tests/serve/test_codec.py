@@ -1,0 +1,96 @@
+"""The V2 codec on its own: every datatype, JSON and binary, both directions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shipyard.serve.codec import DATATYPES, InferRequest, decode_request, encode_response
+from shipyard.serve.errors import BadRequest
+
+
+def _sample(datatype: str) -> np.ndarray:
+    dtype = DATATYPES[datatype]
+    values = np.arange(6).reshape(2, 3) % 2 if dtype.kind == "b" else np.arange(6).reshape(2, 3)
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("datatype", sorted(DATATYPES))
+@pytest.mark.parametrize("binary", [False, True])
+def test_every_datatype_round_trips(datatype: str, binary: bool) -> None:
+    array = _sample(datatype)
+    tensor: dict = {"name": "t", "datatype": datatype, "shape": [2, 3]}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": array.nbytes}
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+        request = decode_request(header.encode() + array.tobytes(), str(len(header)))
+    else:
+        tensor["data"] = array.tolist()  # nested lists
+        request = decode_request(json.dumps({"inputs": [tensor]}).encode())
+    decoded = request.inputs["t"]
+    assert decoded.dtype == array.dtype and decoded.shape == (2, 3)
+    np.testing.assert_array_equal(decoded, array)
+
+    body, header_length = encode_response("m", 1, {"t": decoded}, request)
+    if binary:
+        assert header_length is not None
+        meta = json.loads(body[:header_length])
+        assert meta["outputs"][0]["parameters"]["binary_data_size"] == array.nbytes
+        out = np.frombuffer(body[header_length:], dtype=array.dtype).reshape(2, 3)
+    else:
+        assert header_length is None
+        meta = json.loads(body)
+        out = np.asarray(meta["outputs"][0]["data"], dtype=array.dtype).reshape(2, 3)
+    assert meta["outputs"][0]["datatype"] == datatype and meta["outputs"][0]["shape"] == [2, 3]
+    np.testing.assert_array_equal(out, array)
+
+
+def test_output_selection_and_per_output_binary() -> None:
+    request = decode_request(
+        json.dumps(
+            {
+                "id": 42,
+                "inputs": [{"name": "a", "datatype": "INT32", "shape": [1], "data": [1]}],
+                "outputs": [{"name": "q", "parameters": {"binary_data": True}}, {"name": "p"}],
+                "parameters": {"timeout": 5_000, "user": "x"},
+            }
+        ).encode()
+    )
+    assert request.timeout == pytest.approx(0.005) and request.id == "42"
+    outputs = {"p": np.ones(2, np.float32), "q": np.zeros(3, np.int64), "r": np.ones(1)}
+    body, length = encode_response("m", 3, outputs, request)
+    assert length is not None
+    meta = json.loads(body[:length])
+    assert [o["name"] for o in meta["outputs"]] == ["q", "p"]  # as asked, "r" left out
+    assert meta["id"] == "42" and meta["parameters"] == {"user": "x"}
+    assert np.frombuffer(body[length:], np.int64).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ({"datatype": "FP32", "shape": [2], "data": [1, 2, 3]}, "holds 3 values"),
+        ({"datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative"),
+        ({"datatype": "UINT8", "shape": [1], "data": [300]}, "UINT8|uint8"),
+        ({"datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}, "input 't'"),
+        ({"datatype": "FP32", "shape": [1]}, "neither 'data' nor binary_data_size"),
+    ],
+)
+def test_malformed_tensors_name_the_input(tensor: dict, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        decode_request(json.dumps({"inputs": [{"name": "t", **tensor}]}).encode())
+
+
+def test_misaligned_binary_input_is_copied_not_rejected() -> None:
+    array = np.arange(4, dtype=np.float64)
+    tensors = [
+        {"name": "b", "datatype": "UINT8", "shape": [1], "parameters": {"binary_data_size": 1}},
+        {"name": "f", "datatype": "FP64", "shape": [4], "parameters": {"binary_data_size": 32}},
+    ]
+    header = json.dumps({"inputs": tensors}).encode()
+    request = decode_request(header + b"\x07" + array.tobytes(), str(len(header)))
+    assert request.inputs["f"].flags.aligned
+    np.testing.assert_array_equal(request.inputs["f"], array)
+    assert isinstance(request, InferRequest) and request.inputs["b"].tolist() == [7]
