@@ -62,7 +62,28 @@ def test_plots_need_accuracy_and_mark_every_candidate(tmp_path: Path) -> None:
     assert len(pngs) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert (
-        "| bad | 1.000 | 0.900 / 1.800 | 50.00 % | +49.00 | 0 | FAIL |"
+        "| bad | 1.000 | 0.900 / 1.800 | 50.00 % | +49.00 | 0 | FAIL |  |"
         in (tmp_path / "report.md").read_text()
     )
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
+
+
+def test_pareto_front() -> None:
+    from shipyard.report import mark_pareto
+
+    def row(name: str, size: float, p50: float, accuracy: float) -> dict[str, object]:
+        return {
+            "name": name,
+            "bytes": size,
+            "accuracy": accuracy,
+            "latency": {"8": {"p50_ms": p50}},
+        }
+
+    rows = [
+        row("big-slow", 4, 5, 0.99),
+        row("small-fast", 1, 1, 0.99),
+        row("worse", 2, 2, 0.98),
+        row("most-accurate", 4, 5, 0.995),
+    ]
+    mark_pareto(rows, 8)  # type: ignore[arg-type]
+    assert {r["name"] for r in rows if r["pareto"]} == {"small-fast", "most-accurate"}

@@ -21,7 +21,7 @@ from shipyard.signature import Signature
 if TYPE_CHECKING:
     import torch
 
-FORMATS = ("torch", "onnx")
+FORMATS = ("torch", "onnx", "openvino")
 
 
 @dataclass
@@ -70,9 +70,9 @@ class Artifact:
         if self.path is None:
             return []
         files = [self.path]
-        data = self.path.with_name(self.path.name + ".data")
-        if data.exists():
-            files.append(data)
+        # ONNX may keep weights in external data; OpenVINO IR keeps them in the .bin beside .xml
+        companions = [self.path.with_name(self.path.name + ".data"), self.path.with_suffix(".bin")]
+        files += [c for c in companions if c != self.path and c.exists()]
         return files
 
     @property

@@ -26,6 +26,7 @@ from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
 from shipyard.recipe import Recipe, default_recipe_path, load_recipe
 from shipyard.report import candidate_rows, write_report
+from shipyard.runtimes import default_backend
 from shipyard.sources import load_model
 from shipyard.validate import ValidationReport, validate
 
@@ -142,7 +143,7 @@ def _artifact_entry(artifact: Artifact, folder: Path) -> dict[str, Any]:
         "name": artifact.name,
         "format": artifact.format,
         "file": str(artifact.path.relative_to(folder)),
-        "backend": "onnxruntime",
+        "backend": default_backend(artifact),
         "bytes": artifact.size_bytes,
         "signature": artifact.signature.model_dump(mode="json"),
         "provenance": [record.to_dict() for record in artifact.provenance],

@@ -183,9 +183,32 @@ def optimize(
         settings = OptimizeSettings.model_validate(values)
     except ValueError as error:  # pydantic's message names the option
         raise InputError(" ".join(str(error).split())) from error
-    result = run_optimize(
-        loaded, output, settings=settings, overwrite=overwrite, on_step=_on_step(as_json)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # Planned candidates: each torch variant exported, then each quantization preset of it.
+    variants = 1 + (len(settings.prune_levels) if loaded.data.train else 0)
+    planned = variants * (1 + len(settings.quantize))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn(f"budget {settings.budget:.0f} s"),
     )
+    with Progress(*columns, console=console, transient=True, disable=as_json) as progress:
+        task = progress.add_task("candidates", total=planned)
+
+        def on_step(message: str, seconds: float) -> None:
+            if message.startswith("candidate "):
+                progress.advance(task)
+            if not as_json:
+                progress.console.print(
+                    f"[green]✓[/] {escape(message)} [dim]({seconds:.1f} s)[/]", highlight=False
+                )
+
+        result = run_optimize(
+            loaded, output, settings=settings, overwrite=overwrite, on_step=on_step
+        )
     _print_result(result, as_json)
 
 
@@ -197,11 +220,12 @@ def _print_result(result: Any, as_json: bool) -> None:
         return
     for report in result.validation:
         _print_validation(report)
-    if result.benchmark is not None:
-        console.print(render(result.benchmark, baseline="torch"))
     search = result.manifest.get("search")
-    if search:
+    if search:  # the candidate table; every latency detail is in the report
+        _print_candidates(result.manifest["candidates"], str(search["batch_size"]))
         console.print(f"[bold]search[/] {escape(search['verdict'])}", highlight=False)
+    elif result.benchmark is not None:
+        console.print(render(result.benchmark, baseline="torch"))
     console.print(
         f"[bold]package[/] {result.package_dir} ({result.seconds:.1f} s); "
         f"report {result.package_dir / 'report.md'}",
@@ -440,6 +464,31 @@ def report(
     write_manifest(loaded.path, loaded.manifest)
     for path in written:
         console.print(f"[green]✓[/] {escape(str(path))}", highlight=False)
+
+
+def _print_candidates(rows: list[dict[str, Any]], batch: str) -> None:
+    table = Table(title=f"candidates (latency at batch {batch}, ms)")
+    for column in ("candidate", "MB", "p50", "p99", "accuracy", "drop", "gates", "Pareto"):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for row in rows:
+        stats = row["latency"].get(batch, {})
+        accuracy = "—" if row["accuracy"] is None else f"{row['accuracy']:.2%}"
+        drop = "—" if row["accuracy_drop"] is None else f"{row['accuracy_drop'] * 100:+.2f}"
+        verdict = "baseline" if row["baseline"] else ("pass" if row["passed"] else "FAIL")
+        if row["chosen"]:
+            verdict = f"[bold]{verdict}, chosen[/]"
+        name = f"[bold]{escape(row['name'])}[/]" if row["chosen"] else escape(row["name"])
+        table.add_row(
+            name,
+            f"{row['bytes'] / 1e6:.3f}",
+            f"{stats.get('p50_ms', 0):.3f}",
+            f"{stats.get('p99_ms', 0):.3f}",
+            accuracy,
+            drop,
+            verdict,
+            "✓" if row.get("pareto") else "",
+        )
+    console.print(table)
 
 
 def _print_validation(report: Any) -> None:

@@ -217,6 +217,7 @@ def optimize(
             [c.report for c in search.candidates],
             bench_report,
             chosen=best.name,
+            batch=settings.batch_size,
         )
         assert best.artifact.path is not None
         chosen_path = folder / "model.onnx"

@@ -25,8 +25,12 @@ def candidate_rows(
     reports: Sequence[ValidationReport],
     bench: BenchReport | None,
     chosen: str | None = None,
+    batch: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per artifact (reference first) for the manifest's ``candidates`` table."""
+    """One row per artifact (reference first) for the manifest's ``candidates`` table.
+
+    ``batch``: where the Pareto front is judged (default: the largest batch measured).
+    """
     measured = {r.name: r for r in bench.results} if bench else {}
 
     def latency(name: str) -> dict[str, dict[str, float]]:
@@ -65,7 +69,31 @@ def candidate_rows(
                 "chosen": chosen == artifact.name,
             }
         )
+    if bench is not None:
+        mark_pareto(rows, batch if batch is not None else max(bench.batch_sizes))
     return rows
+
+
+def mark_pareto(rows: list[dict[str, Any]], batch: int) -> None:
+    """Set ``row["pareto"]``: no other row is at least as good on size, p50 latency at
+    ``batch`` and accuracy, and better on one of them. Rows without latency are never on it.
+    """
+
+    def key(row: dict[str, Any]) -> tuple[float, float, float] | None:
+        stats = row["latency"].get(str(batch))
+        if stats is None:
+            return None
+        accuracy = row["accuracy"] if row["accuracy"] is not None else 0.0
+        return (row["bytes"], stats["p50_ms"], -accuracy)  # all three: lower is better
+
+    keys = [key(row) for row in rows]
+    for row, mine in zip(rows, keys, strict=True):
+        row["pareto"] = mine is not None and not any(
+            other is not None
+            and other != mine
+            and all(o <= m for o, m in zip(other, mine, strict=True))
+            for other in keys
+        )
 
 
 def _batch(rows: list[dict[str, Any]], preferred: int | None) -> str | None:
@@ -128,6 +156,7 @@ def _markdown_table(rows: list[dict[str, Any]], batches: list[str]) -> list[str]
         "drop (points)",
         "max abs",
         "gates",
+        "Pareto",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -141,21 +170,10 @@ def _markdown_table(rows: list[dict[str, Any]], batches: list[str]) -> list[str]
         drop = "—" if row["accuracy_drop"] is None else f"{row['accuracy_drop'] * 100:+.2f}"
         verdict = "baseline" if row["baseline"] else ("pass" if row["passed"] else "FAIL")
         name = f"**{row['name']}**" if row["chosen"] else row["name"]
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    name,
-                    f"{row['bytes'] / 1e6:.3f}",
-                    *lat,
-                    accuracy,
-                    drop,
-                    f"{row['max_abs']:.2g}",
-                    verdict,
-                ]
-            )
-            + " |"
-        )
+        pareto = "✓" if row.get("pareto") else ""
+        cells = [name, f"{row['bytes'] / 1e6:.3f}", *lat, accuracy, drop]
+        cells += [f"{row['max_abs']:.2g}", verdict, pareto]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

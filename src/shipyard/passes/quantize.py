@@ -23,6 +23,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -161,6 +162,8 @@ class QuantizeConfig(BaseModel):
 #: Preset name -> factory (keyword overrides allowed), in the order a search should try them.
 PRESETS: dict[str, Callable[..., QuantizeConfig]] = {
     "static_qdq_u8s8": QuantizeConfig.static_qdq_u8s8,
+    "static_qdq_u8s8_per_channel": partial(QuantizeConfig.static_qdq_u8s8, per_channel=True),
+    "static_qdq_u8s8_entropy": partial(QuantizeConfig.static_qdq_u8s8, calibration="entropy"),
     "static_qdq_s8s8": QuantizeConfig.static_qdq_s8s8,
     "dynamic_s8": QuantizeConfig.dynamic_s8,
     "dynamic_u8": QuantizeConfig.dynamic_u8,

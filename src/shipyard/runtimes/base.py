@@ -17,9 +17,10 @@ from shipyard.signature import Signature
 BACKENDS: dict[str, str] = {
     "torch": "shipyard.runtimes.torch:TorchSession",
     "onnxruntime": "shipyard.runtimes.onnxruntime:OrtSession",
+    "openvino": "shipyard.runtimes.openvino:OpenVinoSession",
 }
 # artifact format -> the backend used when none is named.
-_DEFAULTS = {"torch": "torch", "onnx": "onnxruntime"}
+_DEFAULTS = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
 
 
 class Session(ABC):
