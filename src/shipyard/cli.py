@@ -210,6 +210,8 @@ def optimize(
             loaded, output, settings=settings, overwrite=overwrite, on_step=on_step
         )
     _print_result(result, as_json)
+    if result.manifest["search"]["passed"] == 0:  # packaged the closest, but say it failed
+        raise typer.Exit(1)
 
 
 def _print_result(result: Any, as_json: bool) -> None:
