@@ -342,6 +342,149 @@ def validate(
 
 
 @app.command()
+def compare(
+    artifacts: Annotated[
+        list[str], typer.Argument(help="Reference first, then candidates (sources or packages).")
+    ],
+    data: Annotated[str | None, typer.Option(help="pkg.module:function, .npz or .npy.")] = None,
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources.")
+    ] = None,
+    atol: Annotated[float | None, typer.Option(help="Gate: max absolute error.")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Gate: relative tolerance.")] = None,
+    min_cosine: Annotated[
+        float | None, typer.Option(help="Gate: minimum cosine similarity.")
+    ] = None,
+    min_top1_agreement: Annotated[
+        float | None, typer.Option(help="Gate: minimum top-1 agreement.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Use at most this many samples.")] = None,
+    bisect: Annotated[
+        bool,
+        typer.Option("--bisect", help="Two ONNX files: find the first node where they part ways."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Run the same inputs through every artifact; errors against the first. Exit 1 on a gate."""
+    from shipyard.compare import bisect as run_bisect
+    from shipyard.compare import compare as run_compare
+    from shipyard.data import load_data
+    from shipyard.validate import Gates
+
+    loaded = _load(artifacts, _signature(input, None))
+    gates = Gates(
+        atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement
+    )
+    if bisect:
+        if len(loaded) != 2:
+            raise InputError(f"--bisect compares exactly two ONNX files, got {len(loaded)}")
+        dataset = load_data(data, loaded[0].signature) if data else None
+        feeds = dataset.take(samples or 8).inputs if dataset else None
+        result = run_bisect(
+            loaded[0],
+            loaded[1],
+            feeds,
+            atol=atol if atol is not None else 1e-4,
+            rtol=rtol if rtol is not None else 1e-3,
+        )
+        _print_bisect(result, as_json)
+        if result.first_divergence is not None:
+            raise typer.Exit(1)
+        return
+    dataset = load_data(data, loaded[0].signature) if data else None
+    reports = run_compare(loaded, dataset, gates, samples=samples)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        table = Table(title=f"against {loaded[0].name} ({reports[0].samples} samples)")
+        for column in (
+            "candidate",
+            "output",
+            "max abs",
+            "mean abs",
+            "max rel",
+            "cosine",
+            "top-1",
+            "NaN/Inf",
+            "accuracy",
+            "gates",
+        ):
+            table.add_column(
+                column, justify="left" if column in ("candidate", "output") else "right"
+            )
+        for report in reports:
+            for out in report.outputs:
+                top1 = "—" if out.top1_agreement is None else f"{out.top1_agreement:.2%}"
+                accuracy = (
+                    "—" if report.accuracy_candidate is None else f"{report.accuracy_candidate:.2%}"
+                )
+                verdict = "ok" if report.passed else "[bold red]FAILED[/]"
+                table.add_row(
+                    escape(report.candidate),
+                    escape(out.name),
+                    f"{out.max_abs:.3g}",
+                    f"{out.mean_abs:.3g}",
+                    f"{out.max_rel:.3g}",
+                    f"{out.cosine:.6f}",
+                    top1,
+                    f"{out.nonfinite_reference}/{out.nonfinite_candidate}",
+                    accuracy,
+                    verdict,
+                )
+        console.print(table)
+        for report in reports:
+            for gate in report.failures():
+                console.print(
+                    f"  [bold red]{escape(report.candidate)}: {escape(gate.describe())}[/]"
+                )
+    if not all(r.passed for r in reports):
+        raise typer.Exit(1)
+
+
+def _print_bisect(result: Any, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    first = result.first_divergence
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "compared": [asdict(d) for d in result.compared],
+                    "skipped": result.skipped,
+                    "first_divergence": asdict(first) if first else None,
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(
+        title=f"intermediate tensors ({len(result.compared)} compared, {result.skipped} not shared)"
+    )
+    for column in ("tensor", "node", "op", "max abs", "cosine", ""):
+        table.add_column(column, justify="left" if column in ("tensor", "node", "op") else "right")
+    stop = result.compared.index(first) + 1 if first else len(result.compared)
+    for diff in result.compared[max(0, stop - 8) : stop]:  # the run-up to the first divergence
+        mark = "ok" if diff.ok else "[bold red]first divergence[/]"
+        table.add_row(
+            escape(diff.tensor),
+            escape(diff.node),
+            diff.op_type,
+            f"{diff.max_abs:.3g}",
+            f"{diff.cosine:.6f}",
+            mark,
+        )
+    console.print(table)
+    if first:
+        console.print(
+            f"first divergence: tensor '{escape(first.tensor)}' from node "
+            f"'{escape(first.node)}' ({first.op_type}), max abs {first.max_abs:.3g}",
+            highlight=False,
+        )
+    else:
+        console.print("no shared tensor differs beyond the tolerance")
+
+
+@app.command()
 def bench(
     artifacts: Annotated[list[str], typer.Argument(help="Model sources or packages to compare.")],
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",

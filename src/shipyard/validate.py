@@ -231,18 +231,32 @@ def validate(
     data = data.take(samples)
     ref_out = run_all(reference, data, batch_size, threads)
     cand_out = run_all(candidate, data, batch_size, threads)
+    return build_report(reference.name, candidate.name, ref_out, cand_out, data.labels, gates, task)
+
+
+def build_report(
+    reference: str,
+    candidate: str,
+    ref_out: dict[str, np.ndarray],
+    cand_out: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    gates: Gates,
+    task: str = "classification",
+) -> ValidationReport:
+    """Compare two runs' outputs (matched by position) and apply the gates."""
     if len(ref_out) != len(cand_out):
         raise ValueError(
-            f"{reference.name} has {len(ref_out)} outputs but {candidate.name} has {len(cand_out)}"
+            f"{reference} has {len(ref_out)} outputs but {candidate} has {len(cand_out)}"
         )
     outputs = [
         compare_output(name, ref_out[name], cand_out[cand_name], gates)
         for name, cand_name in zip(ref_out, cand_out, strict=True)
     ]
-    report = ValidationReport(reference.name, candidate.name, len(data), outputs)
-    if data.labels is not None and task == "classification":
+    samples = len(next(iter(ref_out.values())))
+    report = ValidationReport(reference, candidate, samples, outputs)
+    if labels is not None and task == "classification":
         first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))
-        report.accuracy_reference = _accuracy(first_ref, data.labels)
-        report.accuracy_candidate = _accuracy(first_cand, data.labels)
+        report.accuracy_reference = _accuracy(first_ref, labels)
+        report.accuracy_candidate = _accuracy(first_cand, labels)
     report.gates = _gate_results(report, gates)
     return report
