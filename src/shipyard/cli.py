@@ -31,6 +31,24 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+# Options several commands share, declared once.
+RecipeArg = Annotated[
+    Path | None, typer.Argument(help="Recipe YAML (default: built-in digits example).")
+]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Model repository to write into.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing version.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+DataOpt = Annotated[str | None, typer.Option(help="pkg.module:function, .npz or .npy.")]
+InputOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources, once per input."),
+]
+AtolOpt = Annotated[float | None, typer.Option(help="Gate: max absolute error.")]
+RtolOpt = Annotated[float | None, typer.Option(help="Gate: relative tolerance.")]
+CosineOpt = Annotated[float | None, typer.Option(help="Gate: minimum cosine similarity.")]
+Top1Opt = Annotated[float | None, typer.Option(help="Gate: minimum top-1 agreement.")]
+SamplesOpt = Annotated[int | None, typer.Option(help="Use at most this many samples.")]
+
 _INPUT_SPEC = re.compile(r"^([A-Za-z_][\w.:-]*):(\w+)\[([^\]]*)\]$")
 
 
@@ -98,18 +116,14 @@ def _load(
 
 @app.command()
 def build(
-    recipe: Annotated[
-        Path | None, typer.Argument(help="Recipe YAML (default: built-in digits example).")
-    ] = None,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Model repository to write into.")
-    ] = Path("out"),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
+    recipe: RecipeArg = None,
+    output: OutputOpt = Path("out"),
+    overwrite: OverwriteOpt = False,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the benchmark step.")] = False,
     no_finetune: Annotated[
         bool, typer.Option("--no-finetune", help="Allow structured pruning without fine-tuning.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a recipe and write the package OUTPUT/<model>/<version>/."""
     from shipyard.build import as_recipe
@@ -151,12 +165,8 @@ def _on_step(quiet: bool) -> Any:
 
 @app.command()
 def optimize(
-    recipe: Annotated[
-        Path | None, typer.Argument(help="Recipe YAML (default: built-in digits example).")
-    ] = None,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Model repository to write into.")
-    ] = Path("out"),
+    recipe: RecipeArg = None,
+    output: OutputOpt = Path("out"),
     budget: Annotated[str | None, typer.Option(help="Time budget: 90s, 10m, 1h.")] = None,
     objective: Annotated[str | None, typer.Option(help="latency, size or throughput.")] = None,
     batch_size: Annotated[
@@ -165,8 +175,8 @@ def optimize(
     no_prune: Annotated[
         bool, typer.Option("--no-prune", help="Skip structured-pruning candidates.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Search prune/quantize candidates, measured here; package the best that passes the gates."""
     from shipyard.build import as_recipe
@@ -242,9 +252,7 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the file.")] = Path(
         "model.onnx"
     ),
-    input: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS], once per input.")
-    ] = None,
+    input: InputOpt = None,
     recipe: Annotated[
         Path | None, typer.Option(help="Take the signature from this recipe.")
     ] = None,
@@ -285,10 +293,8 @@ def export(
 def validate(
     reference: Annotated[str, typer.Argument(help="Reference model source or package.")],
     candidate: Annotated[str, typer.Argument(help="Candidate model source or package.")],
-    data: Annotated[str | None, typer.Option(help="pkg.module:function, .npz or .npy.")] = None,
-    input: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources.")
-    ] = None,
+    data: DataOpt = None,
+    input: InputOpt = None,
     recipe: Annotated[
         Path | None, typer.Option(help="Take signature and gates from a recipe.")
     ] = None,
@@ -298,19 +304,15 @@ def validate(
     kwargs: Annotated[
         str | None, typer.Option(help="JSON kwargs for the reference factory.")
     ] = None,
-    atol: Annotated[float | None, typer.Option(help="Gate: max absolute error.")] = None,
-    rtol: Annotated[float | None, typer.Option(help="Gate: relative tolerance.")] = None,
-    min_cosine: Annotated[
-        float | None, typer.Option(help="Gate: minimum cosine similarity.")
-    ] = None,
-    min_top1_agreement: Annotated[
-        float | None, typer.Option(help="Gate: minimum top-1 agreement.")
-    ] = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosineOpt = None,
+    min_top1_agreement: Top1Opt = None,
     max_accuracy_drop: Annotated[
         float | None, typer.Option(help="Gate: max accuracy drop (needs labels).")
     ] = None,
-    samples: Annotated[int | None, typer.Option(help="Use at most this many samples.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    samples: SamplesOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compare CANDIDATE with REFERENCE on the same inputs; exit 1 when a gate fails."""
     from shipyard.data import load_data
@@ -346,24 +348,18 @@ def compare(
     artifacts: Annotated[
         list[str], typer.Argument(help="Reference first, then candidates (sources or packages).")
     ],
-    data: Annotated[str | None, typer.Option(help="pkg.module:function, .npz or .npy.")] = None,
-    input: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources.")
-    ] = None,
-    atol: Annotated[float | None, typer.Option(help="Gate: max absolute error.")] = None,
-    rtol: Annotated[float | None, typer.Option(help="Gate: relative tolerance.")] = None,
-    min_cosine: Annotated[
-        float | None, typer.Option(help="Gate: minimum cosine similarity.")
-    ] = None,
-    min_top1_agreement: Annotated[
-        float | None, typer.Option(help="Gate: minimum top-1 agreement.")
-    ] = None,
-    samples: Annotated[int | None, typer.Option(help="Use at most this many samples.")] = None,
+    data: DataOpt = None,
+    input: InputOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosineOpt = None,
+    min_top1_agreement: Top1Opt = None,
+    samples: SamplesOpt = None,
     bisect: Annotated[
         bool,
         typer.Option("--bisect", help="Two ONNX files: find the first node where they part ways."),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run the same inputs through every artifact; errors against the first. Exit 1 on a gate."""
     from shipyard.compare import bisect as run_bisect
@@ -492,11 +488,9 @@ def bench(
     runs: Annotated[int, typer.Option(help="Timed runs per artifact and batch size.")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 5,
     max_seconds: Annotated[float | None, typer.Option(help="Time cap per batch size.")] = None,
-    input: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources.")
-    ] = None,
+    input: InputOpt = None,
     recipe: Annotated[Path | None, typer.Option(help="Take the signature from a recipe.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Measure artifacts side by side, interleaved, in one process."""
     from shipyard.bench import bench as run_bench
