@@ -571,6 +571,9 @@ def serve(
         float, typer.Option(help="Largest request body accepted (413 above).")
     ] = 64.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Also serve V2 over gRPC on this port (Triton uses 8001).")
+    ] = None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol v2 (KServe / Triton HTTP)."""
     from shipyard.serve import run_server
@@ -585,6 +588,7 @@ def serve(
         watch_seconds=watch,
         max_body_bytes=int(max_body_mb * 2**20),
         log_level=log_level,
+        grpc_port=grpc_port,
     )
 
 

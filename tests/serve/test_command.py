@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 
 def test_serve_command_serves_and_drains_on_sigint(packages: Path) -> None:
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     env = {**os.environ, "SHIPYARD_SERVE_TOKEN": "s3cret"}
     command = [
         sys.executable,
@@ -35,6 +35,8 @@ def test_serve_command_serves_and_drains_on_sigint(packages: Path) -> None:
         str(port),
         "--log-level",
         "warning",
+        "--grpc-port",
+        str(grpc_port),
     ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -59,6 +61,11 @@ def test_serve_command_serves_and_drains_on_sigint(packages: Path) -> None:
         answer = httpx.post(f"{url}/v2/models/tiny/infer", json=body, headers=headers, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["shape"] == [2, 10]
+        from tritonclient.grpc import InferenceServerClient
+
+        client = InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_model_ready("tiny", headers={"authorization": "Bearer s3cret"})
+        client.close()
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0

@@ -37,6 +37,7 @@ def run_server(
     log_level: str = "info",
     access_log: bool = False,
     graceful_timeout: int = 30,
+    grpc_port: int | None = None,
 ) -> None:
     """Serve ``repository`` on ``host:port`` until SIGINT/SIGTERM, then drain and return.
 
@@ -47,6 +48,7 @@ def run_server(
     this often and (re)load models whose version folders changed. ``access_log``: log every
     request (off by default: logging costs more than a small model's inference).
     ``graceful_timeout``: seconds in-flight requests get to finish on shutdown.
+    ``grpc_port``: also serve the protocol over gRPC on ``host:grpc_port`` (None: HTTP only).
     Raises RepositoryError when ``repository`` is not a folder.
     """
     import uvicorn
@@ -57,6 +59,8 @@ def run_server(
         admin_token=admin_token,
         max_body_bytes=max_body_bytes,
         watch_seconds=watch_seconds,
+        grpc_port=grpc_port,
+        grpc_host=host,
     )
     uvicorn.run(
         app,

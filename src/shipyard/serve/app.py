@@ -86,6 +86,7 @@ class _Server:
         self.admin = f"Bearer {admin}".encode() if admin else None
         self.loading: asyncio.Task[None] | None = None
         self.draining = False
+        self.grpc_port: int | None = None  # the bound gRPC port while gRPC serves
 
     @staticmethod
     def authorize(request: Request, expected: bytes | None) -> None:
@@ -217,6 +218,8 @@ def create_app(
     admin_token: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     watch_seconds: float | None = None,
+    grpc_port: int | None = None,
+    grpc_host: str = "127.0.0.1",
 ) -> V2App:
     """The V2 server (an ASGI app) over the model repository folder ``repository``.
 
@@ -225,6 +228,9 @@ def create_app(
     ``auth_token``). ``max_body_bytes``: larger bodies get 413. ``watch_seconds``: poll the
     folder this often and (re)load models whose versions changed. Models load in the
     background at startup; ``/v2/health/ready`` answers 200 once they have.
+    ``grpc_port``: also serve the protocol over gRPC on ``grpc_host:grpc_port`` (0: a free
+    port, then read ``app.server.grpc_port``), in the same event loop, with the same models,
+    batchers, tokens and metrics (see :mod:`shipyard.serve.grpc.server`); None: HTTP only.
     """
     root = Path(repository)
     if not root.is_dir():
@@ -233,6 +239,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        grpc = None
+        if grpc_port is not None:
+            from shipyard.serve.grpc.server import start_grpc_server
+
+            grpc = await start_grpc_server(server, grpc_host, grpc_port)
+            server.grpc_port = grpc.port
         server.loading = asyncio.create_task(server.repository.load_all())
         watcher = (
             asyncio.create_task(_watch(server.repository, watch_seconds)) if watch_seconds else None
@@ -242,6 +254,8 @@ def create_app(
         finally:
             # uvicorn has finished the in-flight HTTP requests by now; drain the batchers.
             server.draining = True
+            if grpc is not None:  # in-flight calls finish (within a grace period) first
+                await grpc.stop()
             for task in (watcher, server.loading):
                 if task is not None and not task.done():
                     task.cancel()
