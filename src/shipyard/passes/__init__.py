@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from shipyard.passes.convert_openvino import OpenVinoConfig, run_convert_openvino
 from shipyard.passes.export import ExportConfig, run_export
 from shipyard.passes.finetune import FinetuneConfig, run_finetune
 from shipyard.passes.prune import PruneConfig, run_prune
@@ -46,6 +47,12 @@ PASSES: dict[str, PassSpec] = {
             "torch module -> fine-tuned torch module (needs data: train:)",
         ),
         PassSpec("export", ExportConfig, run_export, "torch module -> ONNX file"),
+        PassSpec(
+            "convert_openvino",
+            OpenVinoConfig,
+            run_convert_openvino,
+            "ONNX file or torch module -> OpenVINO IR (.xml + .bin): fp32, fp16 or int8 (NNCF)",
+        ),
         PassSpec(
             "quantize",
             QuantizeConfig,
