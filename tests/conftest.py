@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from shipyard.artifact import Artifact
+from shipyard.data import Dataset
 from shipyard.passes.export import export_onnx
 from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import torch_artifact
@@ -76,3 +77,27 @@ def digits_model(_isolated_cache: Path) -> torch.nn.Module:
     from shipyard.examples.digits import trained
 
     return trained()
+
+
+DIGITS_SIGNATURE = Signature(inputs=(TensorSpec(name="x", shape=("batch", 1, 8, 8)),))
+
+
+@pytest.fixture(scope="session")
+def digits_torch(digits_model: torch.nn.Module) -> Artifact:
+    """The trained digits CNN as a torch artifact (outputs inferred)."""
+    return torch_artifact(digits_model, DIGITS_SIGNATURE)
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_torch: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    """The trained digits CNN exported once per test run."""
+    return export_onnx(digits_torch, tmp_path_factory.mktemp("digits") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def held_out() -> Dataset:
+    """The 450 real held-out digits with labels."""
+    from shipyard.examples.digits import validation
+
+    x, y = validation()
+    return Dataset({"x": x}, y)

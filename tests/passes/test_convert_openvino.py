@@ -18,34 +18,13 @@ from shipyard.passes.convert_openvino import (
     convert_openvino,
     run_convert_openvino,
 )
-from shipyard.passes.export import export_onnx
 from shipyard.runtimes import open_session
 from shipyard.signature import Signature, TensorSpec
-from shipyard.sources import torch_artifact
 from shipyard.validate import Gates, validate
 
 pytestmark = pytest.mark.skipif(find_spec("openvino") is None, reason="needs the 'openvino' extra")
 
-DIGITS_SIGNATURE = Signature(inputs=(TensorSpec(name="x", shape=("batch", 1, 8, 8)),))
 EXACT = Gates(atol=1e-4, min_top1_agreement=1.0)
-
-
-@pytest.fixture(scope="module")
-def digits_torch(digits_model: torch.nn.Module) -> Artifact:
-    return torch_artifact(digits_model, DIGITS_SIGNATURE)
-
-
-@pytest.fixture(scope="module")
-def digits_onnx(digits_torch: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
-    return export_onnx(digits_torch, tmp_path_factory.mktemp("digits") / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def held_out() -> Dataset:
-    from shipyard.examples.digits import validation
-
-    x, y = validation()
-    return Dataset({"x": x}, y)
 
 
 @pytest.fixture(scope="module")

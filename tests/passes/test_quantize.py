@@ -5,37 +5,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
 from shipyard.errors import DataError, ShipyardError
 from shipyard.passes.context import PassContext
-from shipyard.passes.export import export_onnx
 from shipyard.passes.quantize import PRESETS, QuantizeConfig, quantize_onnx, run_quantize
 from shipyard.runtimes import open_session
-from shipyard.signature import Signature, TensorSpec
-from shipyard.sources import load_model, torch_artifact
+from shipyard.sources import load_model
 from shipyard.validate import Gates, validate
-
-DIGITS_SIGNATURE = Signature(inputs=(TensorSpec(name="x", shape=("batch", 1, 8, 8)),))
-
-
-@pytest.fixture(scope="module")
-def digits_onnx(
-    digits_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory
-) -> Artifact:
-    source = torch_artifact(digits_model, DIGITS_SIGNATURE)
-    return export_onnx(source, tmp_path_factory.mktemp("digits") / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def held_out() -> Dataset:
-    from shipyard.examples.digits import validation
-
-    x, y = validation()
-    return Dataset({"x": x}, y)
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +181,8 @@ def test_pass_calibrates_on_train_data_when_no_calibration_set(
     assert out.provenance[-1].notes["calibration"] == {"samples": 20, "batch": 8, "data": "train"}
 
 
-def test_torch_input_is_refused(digits_model: torch.nn.Module, tmp_path: Path) -> None:
-    source = torch_artifact(digits_model, DIGITS_SIGNATURE)
+def test_torch_input_is_refused(digits_torch: Artifact, tmp_path: Path) -> None:
+    source = digits_torch
     with pytest.raises(ShipyardError, match="put 'export' before 'quantize'"):
         quantize_onnx(source, tmp_path / "q.onnx", QuantizeConfig.dynamic_s8())
 
