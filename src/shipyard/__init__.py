@@ -4,6 +4,7 @@ The Python API mirrors the CLI and returns objects instead of printing::
 
     import shipyard
     result = shipyard.build("examples/digits/recipe.yaml", output="out")
+    best = shipyard.optimize("examples/digits/recipe.yaml", output="opt")
     onnx = shipyard.export("my.models:build", "model.onnx", signature=sig)
     report = shipyard.validate(reference, onnx, data)
     timings = shipyard.bench([reference, onnx])
@@ -17,8 +18,10 @@ from typing import Any
 from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport, bench
 from shipyard.build import BuildResult, build
+from shipyard.compare import bisect, compare
 from shipyard.data import Dataset, load_data
 from shipyard.errors import ShipyardError
+from shipyard.optimize import optimize
 from shipyard.package import Package, load_package
 from shipyard.passes.export import ExportConfig, export_onnx
 from shipyard.recipe import Recipe, load_recipe
@@ -61,12 +64,15 @@ __all__ = [
     "ValidationReport",
     "__version__",
     "bench",
+    "bisect",
     "build",
+    "compare",
     "export",
     "load",
     "load_data",
     "load_package",
     "load_recipe",
     "open_session",
+    "optimize",
     "validate",
 ]
