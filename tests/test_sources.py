@@ -39,7 +39,7 @@ def test_source_that_does_not_import() -> None:
 
 
 def test_missing_attribute_lists_what_exists() -> None:
-    with pytest.raises(SourceError, match="has no attribute 'smal_net'.*small_net"):
+    with pytest.raises(SourceError, match="has no attribute 'smal_net'.*did you mean 'small_net'"):
         load_model("tests.conftest:smal_net", INPUTS)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import Any
 
@@ -29,9 +30,14 @@ def import_reference(value: str, error: type[ShipyardError]) -> Any:
         try:
             target = getattr(target, part)
         except AttributeError as exc:
-            public = sorted(n for n in dir(module) if not n.startswith("_"))[:20]
+            public = sorted(n for n in dir(target) if n.isidentifier() and not n.startswith("_"))
+            close = difflib.get_close_matches(part, public, n=3)
+            hint = (
+                f"did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else f"it has: {', '.join(public[:20])}"
+            )
             raise error(
-                f"module '{module_name}' has no attribute '{attr}' (from '{value}'); "
-                f"it has: {', '.join(public)}"
+                f"module '{module_name}' has no attribute '{attr}' (from '{value}'); {hint}"
             ) from exc
     return target
