@@ -343,3 +343,17 @@ def test_a_busy_grpc_port_fails_startup_clearly(repository: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot serve gRPC on 127.0.0.1:{port}"):
             asyncio.run(start_grpc_server(app.server, "127.0.0.1", port))
+
+
+def test_the_servicer_implements_every_rpc_of_the_service() -> None:
+    """protoc's placeholder base class is stripped, so nothing may be left unimplemented."""
+    import inspect
+
+    from shipyard.serve.grpc import inference_pb2
+    from shipyard.serve.grpc.server import InferenceService
+
+    service = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    rpcs = [method.name for method in service.methods]
+    assert len(rpcs) == 9
+    for name in rpcs:
+        assert inspect.iscoroutinefunction(getattr(InferenceService, name, None)), name

@@ -27,6 +27,12 @@ DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
 PRIVATE_POOL = "_descriptor_pool.DescriptorPool().AddSerializedFile("
 
 
+SERVICER_BASE = re.compile(
+    r"\n\n\nclass GRPCInferenceServiceServicer\b.*?\n\n\n(?=def add_GRPCInferenceServiceServicer)",
+    re.DOTALL,
+)
+
+
 def header(tool: str) -> str:
     return (
         f"# Generated from inference.proto by `python -m shipyard.serve.grpc.generate`\n"
@@ -60,9 +66,17 @@ def main() -> int:
     text = text.replace(DEFAULT_POOL, PRIVATE_POOL)
     pool_note = "# Descriptors live in a private pool: see shipyard/serve/grpc/generate.py.\n"
     messages.write_text(header(tool) + pool_note + text)
-    for name in ("inference_pb2.pyi", "inference_pb2_grpc.py"):
-        path = HERE / name
-        path.write_text(header(tool) + path.read_text())
+    # protoc's servicer base class only holds `raise NotImplementedError` placeholders;
+    # server.InferenceService implements every RPC itself (a test checks it against the
+    # service descriptor), and add_..._to_server needs no base class. Drop the dead code.
+    services = HERE / "inference_pb2_grpc.py"
+    text, found = SERVICER_BASE.subn("\n\n", services.read_text())
+    if found != 1:
+        print(f"{services}: expected one servicer base class; protoc changed", file=sys.stderr)
+        return 1
+    services.write_text(header(tool) + text)
+    stubs = HERE / "inference_pb2.pyi"
+    stubs.write_text(header(tool) + stubs.read_text())
     print(f"regenerated {', '.join(p.name for p in sorted(HERE.glob('inference_pb2*')))}")
     return 0
 

@@ -140,8 +140,8 @@ def _authorize(context: aio.ServicerContext, expected: bytes | None) -> None:
         raise Unauthorized(_UNAUTHORIZED)
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    """The RPCs of ``inference.GRPCInferenceService`` over ``state``."""
+class InferenceService:
+    """The RPCs of ``inference.GRPCInferenceService`` over ``state`` (every one of them)."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
