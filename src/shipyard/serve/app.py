@@ -106,15 +106,20 @@ class _Server:
     async def live(self, request: Request) -> Response:
         return _json({"live": True})
 
+    def not_ready_reason(self) -> str | None:
+        """Why the server is not ready (None when it is): one rule for HTTP and gRPC."""
+        if self.draining:
+            return "shutting down"
+        if self.loading is None or not self.loading.done():
+            return "loading models"
+        if not self.repository.ready():
+            return "a model has no ready version; see /v2/repository/index"
+        return None
+
     async def ready(self, request: Request) -> Response:
         # The V2 spec answers "not ready" with a 4xx; Triton uses 400.
-        if self.draining:
-            return _json({"error": "shutting down"}, 400)
-        if self.loading is None or not self.loading.done():
-            return _json({"error": "loading models"}, 400)
-        if not self.repository.ready():
-            return _json({"error": "a model has no ready version; see /v2/repository/index"}, 400)
-        return _json({"ready": True})
+        reason = self.not_ready_reason()
+        return _json({"error": reason}, 400) if reason else _json({"ready": True})
 
     async def model_metadata(self, request: Request) -> Response:
         self.authorize(request, self.auth)

@@ -85,8 +85,8 @@ class ServerState(Protocol):
     auth: bytes | None  # the exact `authorization` value required, b"Bearer <token>"
     admin: bytes | None
     max_body_bytes: int
-    loading: asyncio.Task[None] | None
-    draining: bool
+
+    def not_ready_reason(self) -> str | None: ...
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, int]:
@@ -158,10 +158,7 @@ class InferenceService:
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        state = self.state  # the checks of GET /v2/health/ready
-        loaded = state.loading is not None and state.loading.done()
-        ready = loaded and not state.draining and self.repository.ready()
-        return pb.ServerReadyResponse(ready=ready)
+        return pb.ServerReadyResponse(ready=self.state.not_ready_reason() is None)
 
     @_rpc
     async def ModelReady(
