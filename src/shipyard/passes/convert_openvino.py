@@ -26,15 +26,11 @@ visible without its own ``.bin``. Dynamic dims of the signature are checked in t
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset, check_dataset
 from shipyard.errors import DataError, MissingExtraError, ShipyardError
+from shipyard.passes.quiet import quiet
 from shipyard.runtimes.openvino import import_openvino
 from shipyard.signature import Signature
 
@@ -80,26 +77,6 @@ class OpenVinoConfig(BaseModel):
 
     def artifact_name(self) -> str:
         return self.name or f"openvino-{self.precision}"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """NNCF prints progress bars and logs; they go to our debug log."""
-    buffer = io.StringIO()
-    nncf_log = logging.getLogger("nncf")
-    level, nncf_log.level = nncf_log.level, logging.ERROR
-    try:
-        with (
-            contextlib.redirect_stdout(buffer),
-            contextlib.redirect_stderr(buffer),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        nncf_log.setLevel(level)
-        if buffer.getvalue():
-            log.debug("openvino/nncf output:\n%s", buffer.getvalue())
 
 
 def _torch_source(artifact: Artifact, reference: Artifact | None) -> Artifact:
@@ -206,7 +183,7 @@ def _quantize(model: Any, items: list[list[Any]]) -> tuple[Any, str]:
         import nncf
     except ImportError as error:
         raise MissingExtraError("OpenVINO int8 quantization", "openvino", "nncf") from error
-    with _quiet():
+    with quiet(log, "openvino/nncf", loggers=("nncf",)):
         # Target CPU: the OpenVINO backend here runs on the CPU only.
         quantized = nncf.quantize(
             model,
@@ -271,7 +248,7 @@ def convert_openvino(
         items = _calibration_items(calibration, signature, config.calibration_samples)
     notes: dict[str, Any] = {"openvino": ov.__version__}
     try:
-        with _quiet():
+        with quiet(log, "openvino/nncf", loggers=("nncf",)):
             model = _read_source(ov, artifact, module)
         notes["converted_from"] = source.describe()
         notes["convert_seconds"] = round(time.perf_counter() - started, 3)

@@ -7,13 +7,10 @@ the exporter's real reason in one paragraph (``--debug`` shows the full trace).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import re
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.artifact import Artifact, PassRecord, atomic_path
 from shipyard.errors import ExportError
+from shipyard.passes.quiet import quiet
 from shipyard.runtimes.torch import eval_mode, output_names
 from shipyard.signature import Signature
 
@@ -56,28 +54,6 @@ class ExportConfig(BaseModel):
     simplify: bool = True  # onnxslim
     filename: str = Field(default="model.onnx", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.onnx$")
     name: str = "onnx"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[io.StringIO]:
-    """Capture the exporters' prints, warnings and log lines; they go to the debug log."""
-    buffer = io.StringIO()
-    levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(buffer),
-            contextlib.redirect_stderr(buffer),
-        ):
-            warnings.simplefilter("ignore")
-            yield buffer
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-        if buffer.getvalue():
-            log.debug("exporter output:\n%s", buffer.getvalue())
 
 
 def summarize_export_error(error: BaseException) -> str:
@@ -120,7 +96,7 @@ def _export_dynamo(
     config: ExportConfig,
     path: Path,
 ) -> None:
-    with _quiet():
+    with quiet(log, "exporter", loggers=_NOISY_LOGGERS):
         program = torch.onnx.export(
             module,
             args,
@@ -150,7 +126,7 @@ def _export_torchscript(
     for spec_name, spec in zip(names, signature.outputs, strict=False):
         if spec.dynamic_dims:
             dynamic_axes[spec_name] = spec.dynamic_dims
-    with _quiet():
+    with quiet(log, "exporter", loggers=_NOISY_LOGGERS):
         torch.onnx.export(
             module,
             args,
@@ -171,7 +147,7 @@ def _check_and_simplify(path: Path, simplify: bool) -> dict[str, Any]:
         import onnxslim
 
         before = onnx.load(str(path))
-        with _quiet():
+        with quiet(log, "exporter", loggers=_NOISY_LOGGERS):
             slim = onnxslim.slim(before)
         notes["nodes_before_simplify"] = len(before.graph.node)
         if slim is not None:

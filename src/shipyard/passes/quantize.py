@@ -10,11 +10,9 @@ optimization search enumerates; experts override single fields.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
 import hashlib
-import io
 import json
 import logging
 import re
@@ -22,7 +20,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,6 +34,7 @@ from shipyard.artifact import Artifact, PassRecord, atomic_path
 from shipyard.bench import hardware_fingerprint
 from shipyard.data import Dataset, check_dataset
 from shipyard.errors import DataError, ShipyardError
+from shipyard.passes.quiet import quiet
 from shipyard.signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -195,25 +194,6 @@ class _DatasetReader(ortq.CalibrationDataReader):
         self._next, self._end = start_index, min(end_index, len(self._batches))
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Send ORT's prints and root-logger lines to our debug log.
-
-    ORT's quantizer logs through the root logger; without a handler there, ``logging.warning``
-    would install a stderr handler for the rest of the process (``basicConfig``).
-    """
-    buffer, root = io.StringIO(), logging.getLogger()
-    handlers, root.handlers = root.handlers, [logging.StreamHandler(buffer)]
-    try:
-        with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.handlers = handlers
-        if buffer.getvalue():
-            log.debug("onnxruntime output:\n%s", buffer.getvalue())
-
-
 def _decide_reduce_range(config: QuantizeConfig) -> tuple[bool, str]:
     """Resolve ``reduce_range`` and say why, for the notes."""
     if config.mode == "fp16":
@@ -237,7 +217,7 @@ def _preprocess(source: Path, workdir: Path) -> tuple[Path, str]:
     target, cwd = workdir / "preprocessed.onnx", Path.cwd()
     before = set(cwd.iterdir())
     try:
-        with _quiet():
+        with quiet(log, "onnxruntime", root=True, stderr=False):
             quant_pre_process(str(source), str(target))
     except Exception as error:  # ORT raises bare Exception ("Incomplete symbolic shape ...")
         reason = f"{type(error).__name__}: {error}"
@@ -405,7 +385,7 @@ def quantize_onnx(
             notes["preprocess"] = "off in the config"
         excluded = _resolve_exclusions(onnx.load(str(source)).graph, config)
         try:
-            with _quiet():
+            with quiet(log, "onnxruntime", root=True, stderr=False):
                 if config.mode == "fp16":
                     _convert_fp16(source, tmp, config, excluded)
                 else:
