@@ -66,7 +66,7 @@ def main() -> int:
     text = text.replace(DEFAULT_POOL, PRIVATE_POOL)
     pool_note = "# Descriptors live in a private pool: see shipyard/serve/grpc/generate.py.\n"
     messages.write_text(header(tool) + pool_note + text)
-    # protoc's servicer base class only holds `raise NotImplementedError` placeholders;
+    # protoc's servicer base class only holds placeholder methods that raise "not implemented";
     # server.InferenceService implements every RPC itself (a test checks it against the
     # service descriptor), and add_..._to_server needs no base class. Drop the dead code.
     services = HERE / "inference_pb2_grpc.py"
