@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,11 @@ def small_net() -> SmallNet:
     """Factory used by tests as 'tests.conftest:small_net'."""
     torch.manual_seed(0)
     return SmallNet().eval()
+
+
+def small_calibration() -> np.ndarray:
+    """Data source used by tests as 'tests.conftest:small_calibration' (64 random images)."""
+    return np.random.default_rng(1).standard_normal((64, 1, 8, 8)).astype(np.float32)
 
 
 SMALL_SIGNATURE = Signature(

@@ -8,7 +8,7 @@ import torch
 
 import shipyard
 from shipyard.artifact import sha256_file
-from shipyard.errors import GateError, PackageError
+from shipyard.errors import GateError, PackageError, RecipeError
 from shipyard.package import load_package
 from shipyard.recipe import default_recipe_path, load_recipe, parse_recipe
 
@@ -78,3 +78,59 @@ def test_unwritable_output_fails_before_work(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(PackageError, match="cannot create output folder"):
         shipyard.build(parse_recipe(TINY.format(atol=1e-4)), tmp_path / "file" / "repo")
+
+
+BRANCHED = """\
+name: branched
+model: {source: tests.conftest:small_net}
+signature:
+  inputs: [{name: x, dtype: float32, shape: [batch, 1, 8, 8]}]
+data: {calibration: tests.conftest:small_calibration}
+passes:
+  - export: {}
+  - quantize: {mode: static}
+    gates: {min_cosine: 0.9}
+  - export: {name: onnx-again, filename: again.onnx}
+    from: torch
+validate: {gates: {atol: 1.0e-4}, samples: 16}
+"""
+
+
+def test_steps_branch_with_from_and_carry_their_own_gates(tmp_path: Path) -> None:
+    result = shipyard.build(parse_recipe(BRANCHED), tmp_path, run_bench=False)
+    names = [a.name for a in result.artifacts]
+    assert names == ["onnx", "onnx-int8-static-qdq-u8s8", "onnx-again"]
+    gates = {r.candidate: {g.gate for g in r.gates} - {"nonfinite"} for r in result.validation}
+    # The int8 artifact is judged by its step's gates; the others by validate: gates:.
+    assert gates == {
+        "onnx": {"atol"},
+        "onnx-int8-static-qdq-u8s8": {"min_cosine"},
+        "onnx-again": {"atol"},
+    }
+    # from: torch started the third step from the model, not from the quantized file.
+    again = result.artifacts[2]
+    assert [r.name for r in again.provenance] == ["export"]
+    recipe = load_package(result.package_dir).manifest["provenance"]["recipe"]
+    assert recipe["passes"][2]["from"] == "torch"
+    assert recipe["passes"][1]["gates"] == {"min_cosine": 0.9}
+
+
+def test_from_an_unknown_artifact_names_the_known_ones(tmp_path: Path) -> None:
+    text = BRANCHED.replace("from: torch", "from: onnx-int8")
+    with pytest.raises(RecipeError, match=r"from: 'onnx-int8' is not an artifact made before"):
+        shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
+    assert list((tmp_path / "branched").iterdir()) == []
+
+
+def test_two_file_artifacts_with_one_name_are_refused(tmp_path: Path) -> None:
+    text = BRANCHED.replace("{name: onnx-again, filename: again.onnx}", "{filename: again.onnx}")
+    with pytest.raises(RecipeError, match="second artifact named 'onnx'"):
+        shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
+
+
+def test_gates_on_a_torch_step_are_refused(tmp_path: Path) -> None:
+    text = BRANCHED.replace(
+        "  - export: {}\n", "  - prune: {method: l1_unstructured, amount: 0.2}\n    gates: {atol: 1.0}\n  - export: {}\n"
+    )
+    with pytest.raises(RecipeError, match="makes a torch module"):
+        shipyard.build(parse_recipe(text), tmp_path, run_bench=False)

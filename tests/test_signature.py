@@ -63,3 +63,17 @@ def test_invalid_specs_are_rejected() -> None:
         TensorSpec(name="x", shape=(0,))
     with pytest.raises(ValidationError, match="unique"):
         Signature(inputs=(TensorSpec(name="x", shape=(1,)), TensorSpec(name="x", shape=(1,))))
+    with pytest.raises(ValidationError, match="needs a 4-dimensional shape"):
+        TensorSpec(name="x", shape=("batch", 8), layout="NHWC")
+
+
+def test_nhwc_spec_transposes_channels_first_data_and_back() -> None:
+    spec = TensorSpec(name="x", shape=("batch", 8, 8, 3), layout="NHWC")
+    nchw = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
+    nhwc = spec.from_channels_first(nchw)
+    assert nhwc.shape == (2, 8, 8, 3) and nhwc.flags.c_contiguous
+    assert nhwc[1, 4, 5, 2] == nchw[1, 2, 4, 5]
+    np.testing.assert_array_equal(spec.to_channels_first(nhwc), nchw)
+    plain = TensorSpec(name="x", shape=("batch", 3, 8, 8))
+    assert plain.from_channels_first(nchw) is nchw
+    assert spec.describe() == "x: float32[batch, 8, 8, 3] NHWC"

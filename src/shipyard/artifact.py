@@ -21,7 +21,7 @@ from shipyard.signature import Signature
 if TYPE_CHECKING:
     import torch
 
-FORMATS = ("torch", "onnx", "openvino")
+FORMATS = ("torch", "onnx", "openvino", "tflite", "tensorrt")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport, bench, hardware_fingerprint
 from shipyard.data import Dataset, load_data
-from shipyard.errors import GateError
+from shipyard.errors import GateError, RecipeError
 from shipyard.package import SCHEMA_VERSION, file_hashes, preflight, staging, write_manifest
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
@@ -28,7 +28,7 @@ from shipyard.recipe import Recipe, default_recipe_path, load_recipe
 from shipyard.report import candidate_rows, write_report
 from shipyard.runtimes import default_backend
 from shipyard.sources import load_model
-from shipyard.validate import ValidationReport, validate
+from shipyard.validate import Gates, ValidationReport, validate
 
 _VERSIONED = ("shipyard", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy")
 StepCallback = Callable[[str, float], None]
@@ -107,14 +107,19 @@ def prepare(
 
 
 def validate_artifact(
-    recipe: Recipe, reference: Artifact, artifact: Artifact, data: dict[str, Dataset]
+    recipe: Recipe,
+    reference: Artifact,
+    artifact: Artifact,
+    data: dict[str, Dataset],
+    gates: Gates | None = None,
 ) -> ValidationReport:
+    """Validate ``artifact`` against ``reference`` with ``gates`` (default: the recipe's)."""
     settings = recipe.validate_
     return validate(
         reference,
         artifact,
         data.get("validation"),
-        settings.gates,
+        gates if gates is not None else settings.gates,
         samples=settings.samples,
         batch_size=settings.batch_size,
         task=recipe.task,
@@ -199,6 +204,49 @@ def relocate(artifacts: Sequence[Artifact], package_dir: Path) -> list[Artifact]
     ]
 
 
+def run_passes(
+    recipe: Recipe, reference: Artifact, context: PassContext, steps: Steps
+) -> tuple[list[Artifact], dict[str, Gates]]:
+    """Run the recipe's passes; return the file artifacts made and each step's own gates.
+
+    A step starts from the previous step's result, or from the artifact its ``from:`` names.
+    File artifacts' names must be unique: they label tables and ``from:`` refers to them
+    (a torch pass run twice, e.g. two ``prune`` steps, leaves its latest module under its name).
+    """
+    current = reference
+    made: dict[str, Artifact] = {reference.name: reference}
+    produced: list[Artifact] = []
+    gates: dict[str, Gates] = {}
+    for index, entry in enumerate(recipe.passes):
+        where = f"passes.{index}.{entry.name}"
+        if entry.from_ is not None:
+            if entry.from_ not in made:
+                raise RecipeError(
+                    f"{where}: from: {entry.from_!r} is not an artifact made before this step; "
+                    f"known so far: {list(made)}"
+                )
+            current = made[entry.from_]
+        current = PASSES[entry.name].run(current, entry.config, context)
+        if current.format != "torch" and current.name in made:
+            raise RecipeError(
+                f"{where}: makes a second artifact named {current.name!r}; give this step "
+                f"its own 'name' (and 'filename') so that each artifact can be told apart"
+            )
+        made[current.name] = current
+        if entry.gates is not None:
+            if current.format == "torch":
+                raise RecipeError(
+                    f"{where}: gates: apply to the file artifact a step makes, but "
+                    f"{entry.name} makes a torch module; set them on the export or convert step"
+                )
+            gates[current.name] = entry.gates
+        if current.format != "torch":
+            produced.append(current)
+        place = current.path.name if current.path else "in memory"
+        steps(f"{entry.name}: {current.name} -> {place} ({current.size_bytes / 1e6:.2f} MB)")
+    return produced, gates
+
+
 def build(
     recipe: Recipe | str | Path | None = None,
     output: str | Path = "out",
@@ -218,16 +266,10 @@ def build(
     reference, data = prepare(recipe, output, overwrite, steps)
     with staging(output, recipe.name, recipe.version, overwrite) as folder:
         context = PassContext(workdir=folder, reference=reference, data=data)
-        current, produced = reference, []
-        for entry in recipe.passes:
-            current = PASSES[entry.name].run(current, entry.config, context)
-            if current.format != "torch":
-                produced.append(current)
-            where = current.path.name if current.path else "in memory"
-            steps(f"{entry.name}: {current.name} -> {where} ({current.size_bytes / 1e6:.2f} MB)")
+        produced, gates = run_passes(recipe, reference, context, steps)
         reports = []
         for artifact in produced:
-            report = validate_artifact(recipe, reference, artifact, data)
+            report = validate_artifact(recipe, reference, artifact, data, gates.get(artifact.name))
             reports.append(report)
             steps(f"validated {artifact.name}")
             if not report.passed:

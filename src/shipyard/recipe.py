@@ -78,10 +78,18 @@ class BenchSettings(_Strict):
 
 
 # One optional field per registered pass; exactly one must be set in each list entry.
+# Beside it, two optional keys of the step itself:
+#   from:  the name of an earlier artifact of this build to start from (default: the
+#          previous step's result; "torch" is the recipe's model), so that one recipe can
+#          branch: export -> quantize, and convert_tflite from the model, in one package;
+#   gates: this step's artifact's validation gates, instead of validate: gates: (an int8
+#          artifact cannot meet the fp32 parity gates).
 _PassStepBase = create_model(  # type: ignore[call-overload]
     "PassStep",
-    __config__=ConfigDict(extra="forbid"),
+    __config__=ConfigDict(extra="forbid", populate_by_name=True),
     **{name: (spec.config | None, None) for name, spec in PASSES.items()},
+    from_=(str | None, Field(default=None, alias="from", min_length=1)),
+    gates=(Gates | None, None),
 )
 
 

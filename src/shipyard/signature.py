@@ -8,9 +8,10 @@ dtype gets one readable error instead of a backend's stack trace.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shipyard.errors import InputError
 
@@ -40,6 +41,10 @@ class TensorSpec(BaseModel):
     name: str = Field(min_length=1)
     dtype: str = "float32"
     shape: tuple[Dim, ...]
+    # Set where an artifact takes an image tensor in another layout than the model it was
+    # made from (TFLite's channels_last_io): data sets stay channels-first (the PyTorch
+    # layout) and validation transposes them for this artifact. None: as the source model.
+    layout: Literal["NCHW", "NHWC"] | None = None
 
     @field_validator("dtype")
     @classmethod
@@ -56,6 +61,26 @@ class TensorSpec(BaseModel):
                 raise ValueError(f"fixed dimensions must be >= 1, got {dim}")
         return value
 
+    @field_validator("layout")
+    @classmethod
+    def _four_dims(cls, value: str | None, info: ValidationInfo) -> str | None:
+        shape = info.data.get("shape")
+        if value is not None and shape is not None and len(shape) != 4:
+            raise ValueError(f"layout {value} needs a 4-dimensional shape, got {list(shape)}")
+        return value
+
+    def from_channels_first(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (channels-first, as PyTorch takes it) in this tensor's layout."""
+        if self.layout == "NHWC":
+            return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+        return array
+
+    def to_channels_first(self, array: np.ndarray) -> np.ndarray:
+        """The inverse of ``from_channels_first``: this tensor's layout -> channels-first."""
+        if self.layout == "NHWC":
+            return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+        return array
+
     @property
     def dynamic_dims(self) -> dict[int, str]:
         """Axis index -> dynamic dimension name."""
@@ -67,7 +92,8 @@ class TensorSpec(BaseModel):
         return tuple(d if isinstance(d, int) else sizes.get(d, default) for d in self.shape)
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+        layout = f" {self.layout}" if self.layout else ""
+        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]{layout}"
 
 
 class Signature(BaseModel):

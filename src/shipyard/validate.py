@@ -198,11 +198,22 @@ def _gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
 def run_all(
     artifact: Artifact, data: Dataset, batch_size: int, threads: int | None
 ) -> dict[str, np.ndarray]:
-    """Run every batch of ``data`` through the artifact; concatenate outputs by name."""
+    """Run every batch of ``data`` through the artifact; concatenate outputs by name.
+
+    ``data`` is channels-first (PyTorch's layout); inputs and outputs the artifact's signature
+    declares NHWC are transposed on the way in and back on the way out.
+    """
     chunks: dict[str, list[np.ndarray]] = {}
+    signature = artifact.signature
+    inputs = {spec.name: spec for spec in signature.inputs}
+    outputs = {spec.name: spec for spec in signature.outputs}
     with open_session(artifact, threads=threads) as session:
         for feeds in data.batches(batch_size):
+            feeds = {
+                n: inputs[n].from_channels_first(v) if n in inputs else v for n, v in feeds.items()
+            }
             for name, value in session.run(feeds).items():
+                value = outputs[name].to_channels_first(value) if name in outputs else value
                 chunks.setdefault(name, []).append(value)
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 

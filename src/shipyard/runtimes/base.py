@@ -18,9 +18,17 @@ BACKENDS: dict[str, str] = {
     "torch": "shipyard.runtimes.torch:TorchSession",
     "onnxruntime": "shipyard.runtimes.onnxruntime:OrtSession",
     "openvino": "shipyard.runtimes.openvino:OpenVinoSession",
+    "litert": "shipyard.runtimes.litert:LiteRtSession",
+    "tensorrt": "shipyard.runtimes.tensorrt:TensorRtSession",
 }
 # artifact format -> the backend used when none is named.
-_DEFAULTS = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
+_DEFAULTS = {
+    "torch": "torch",
+    "onnx": "onnxruntime",
+    "openvino": "openvino",
+    "tflite": "litert",
+    "tensorrt": "tensorrt",
+}
 
 
 class Session(ABC):
