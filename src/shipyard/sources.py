@@ -6,7 +6,8 @@ Accepted:
   with ``weights_only=True``);
 - a TorchScript archive (``.pt``/``.pth``/``.ts`` made by ``torch.jit.save``);
 - a ``torch.export`` program (``.pt2``);
-- an ONNX file (``.onnx``).
+- an ONNX file (``.onnx``);
+- an OpenVINO IR (``.xml`` with its ``.bin``), signature read from the file.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def load_model(
         )
     if path.suffix == ".onnx":
         return Artifact(name or "onnx", "onnx", signature or onnx_signature(path), path=path)
+    if path.suffix == ".xml":
+        from shipyard.runtimes.openvino import ir_signature
+
+        return Artifact(
+            name or "openvino", "openvino", adopt_names(ir_signature(path), signature), path=path
+        )
     if path.suffix == ".pt2":
         try:
             program = torch.export.load(str(path))
@@ -179,6 +186,38 @@ def infer_outputs(module: torch.nn.Module, signature: Signature) -> list[TensorS
         dtype = str(a.dtype).removeprefix("torch.")
         specs.append(TensorSpec(name=names[i], dtype=dtype, shape=tuple(shape)))
     return specs
+
+
+def adopt_names(own: Signature, given: Signature | None) -> Signature:
+    """A converted file's own signature, with the tensor names of ``given`` by position.
+
+    Converters rename tensors (TFLite: ``args_0``; OpenVINO may drop output names), while
+    data sets and comparisons key inputs by the source model's names. A 4-D input whose shape
+    is ``given``'s NCHW shape moved to NHWC is marked ``layout: NHWC``.
+    """
+    if given is None:
+        return own
+    if len(given.inputs) != len(own.inputs):
+        raise SourceError(
+            f"the file takes {len(own.inputs)} inputs ({own.describe_inputs()}) but the given "
+            f"signature has {len(given.inputs)} ({given.describe_inputs()})"
+        )
+
+    def rename(mine: TensorSpec, theirs: TensorSpec) -> TensorSpec:
+        layout = mine.layout
+        nchw = theirs.shape
+        if len(mine.shape) == len(nchw) == 4 and mine.shape[1:] == (*nchw[2:], nchw[1]):
+            layout = "NHWC"
+        return mine.model_copy(update={"name": theirs.name, "layout": layout})
+
+    inputs = tuple(rename(m, t) for m, t in zip(own.inputs, given.inputs, strict=True))
+    outputs = own.outputs
+    if len(given.outputs) == len(own.outputs):
+        outputs = tuple(
+            m.model_copy(update={"name": t.name})
+            for m, t in zip(own.outputs, given.outputs, strict=True)
+        )
+    return Signature(inputs=inputs, outputs=outputs)
 
 
 def onnx_signature(path: Path) -> Signature:

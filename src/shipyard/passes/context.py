@@ -8,6 +8,12 @@ from pathlib import Path
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
+from shipyard.errors import ShipyardError
+
+# Passes that make files and leave the torch module as it was (the reference stays current).
+FILE_PASSES = frozenset(
+    {"export", "quantize", "convert_openvino", "convert_tflite", "convert_tensorrt"}
+)
 
 
 @dataclass
@@ -21,3 +27,29 @@ class PassContext:
 
     def output_path(self, filename: str) -> Path:
         return self.workdir / filename
+
+
+def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> Artifact:
+    """The latest torch module behind ``artifact``, for passes that convert from PyTorch.
+
+    ``artifact`` itself when it is a module (after ``prune``/``finetune``, or the model);
+    ``reference`` (the recipe's model) when ``artifact`` is a file made from it by file-level
+    passes only. After any other pass that module is gone: ShipyardError, naming ``what``.
+    """
+    if artifact.format == "torch":
+        return artifact
+    base = len(reference.provenance) if reference is not None else 0
+    steps = artifact.provenance[base:]
+    if (
+        reference is not None
+        and artifact.provenance[:base] == reference.provenance
+        and all(record.name in FILE_PASSES for record in steps)
+    ):
+        return reference
+    done = ", ".join(r.name for r in steps) or "no recorded passes"
+    raise ShipyardError(
+        f"{what} needs the torch module, but {artifact.describe()} was made by {done}, and "
+        f"the module after those torch passes is gone; start this step from the torch "
+        f"artifact with 'from: <name>' (e.g. from: torch-pruned) or put it right after the "
+        f"torch passes"
+    )

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset, check_dataset
 from shipyard.errors import DataError, MissingExtraError, ShipyardError
+from shipyard.passes.context import torch_source
 from shipyard.passes.quiet import quiet
 from shipyard.runtimes.openvino import import_openvino
 from shipyard.signature import Signature
@@ -47,9 +48,6 @@ if TYPE_CHECKING:
     from shipyard.passes.context import PassContext
 
 log = logging.getLogger("shipyard.convert_openvino")
-
-# Passes that make files and leave the torch module as it was (the reference stays current).
-_FILE_PASSES = {"export", "quantize", "convert_openvino"}
 
 
 class OpenVinoConfig(BaseModel):
@@ -77,26 +75,6 @@ class OpenVinoConfig(BaseModel):
 
     def artifact_name(self) -> str:
         return self.name or f"openvino-{self.precision}"
-
-
-def _torch_source(artifact: Artifact, reference: Artifact | None) -> Artifact:
-    """The latest torch module before ``artifact`` (see the module docstring)."""
-    if artifact.format == "torch":
-        return artifact
-    base = len(reference.provenance) if reference is not None else 0
-    steps = artifact.provenance[base:]
-    if (
-        reference is not None
-        and artifact.provenance[:base] == reference.provenance
-        and all(record.name in _FILE_PASSES for record in steps)
-    ):
-        return reference
-    done = ", ".join(r.name for r in steps) or "no recorded passes"
-    raise ShipyardError(
-        f"convert_openvino with source: torch needs the torch module, but {artifact.describe()} "
-        f"was made by {done}, and the module after those torch passes is gone; put "
-        f"convert_openvino right after the torch passes, or use source: onnx"
-    )
 
 
 def _read_source(ov: Any, artifact: Artifact, source: Artifact | None) -> Any:
@@ -240,7 +218,11 @@ def convert_openvino(
     config = config or OpenVinoConfig()
     ov = import_openvino()
     started, path = time.perf_counter(), Path(path)
-    module = _torch_source(artifact, reference) if config.source == "torch" else None
+    module = (
+        torch_source(artifact, reference, "convert_openvino with source: torch")
+        if config.source == "torch"
+        else None
+    )
     source = artifact if module is None else module
     signature = source.signature
     items = None

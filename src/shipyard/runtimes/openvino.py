@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ import numpy as np
 from shipyard.artifact import Artifact
 from shipyard.errors import BackendError, MissingExtraError
 from shipyard.runtimes.base import Session
+from shipyard.signature import Signature, TensorSpec
 
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
@@ -142,3 +144,50 @@ class OpenVinoSession(Session):
         # benchmark that opens many sessions does not hold their memory.
         self.__dict__.pop("_request", None)
         self.__dict__.pop("_compiled", None)
+
+
+# OpenVINO element type names -> numpy dtype names.
+_OV_DTYPES = {
+    "f32": "float32",
+    "f16": "float16",
+    "f64": "float64",
+    "i64": "int64",
+    "i32": "int32",
+    "i16": "int16",
+    "i8": "int8",
+    "u8": "uint8",
+    "u16": "uint16",
+    "u32": "uint32",
+    "u64": "uint64",
+    "boolean": "bool",
+}
+
+
+def ir_signature(path: str | Path) -> Signature:
+    """The inputs and outputs of an OpenVINO IR (``.xml``): names, dtypes, dynamic dims."""
+    ov = import_openvino()
+    try:
+        model = ov.Core().read_model(str(path))
+    except RuntimeError as error:
+        raise BackendError(f"{path} is not a readable OpenVINO IR: {error}") from error
+
+    def specs(ports: Any, kind: str) -> tuple[TensorSpec, ...]:
+        out = []
+        for i, port in enumerate(ports):
+            name = port.get_any_name() if port.get_names() else f"{kind}_{i}"
+            shape = port.get_partial_shape()
+            dims: list[int | str] = [
+                "batch"
+                if d.is_dynamic and axis == 0
+                else f"{name}_d{axis}"
+                if d.is_dynamic
+                else d.get_length()
+                for axis, d in enumerate(shape)
+            ]
+            element = port.get_element_type().get_type_name()
+            if element not in _OV_DTYPES:
+                raise BackendError(f"{path}: {kind} '{name}' has unsupported type {element}")
+            out.append(TensorSpec(name=name, dtype=_OV_DTYPES[element], shape=tuple(dims)))
+        return tuple(out)
+
+    return Signature(inputs=specs(model.inputs, "input"), outputs=specs(model.outputs, "output"))
