@@ -72,6 +72,8 @@ class Artifact:
         files = [self.path]
         # ONNX may keep weights in external data; OpenVINO IR keeps them in the .bin beside .xml
         companions = [self.path.with_name(self.path.name + ".data"), self.path.with_suffix(".bin")]
+        if self.format == "tensorrt":  # the build record: GPU, compute capability, version
+            companions.append(self.path.with_name(self.path.name + ".json"))
         files += [c for c in companions if c != self.path and c.exists()]
         return files
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from shipyard.passes.convert_openvino import OpenVinoConfig, run_convert_openvino
+from shipyard.passes.convert_tensorrt import TensorRtConfig, run_convert_tensorrt
 from shipyard.passes.export import ExportConfig, run_export
 from shipyard.passes.finetune import FinetuneConfig, run_finetune
 from shipyard.passes.prune import PruneConfig, run_prune
@@ -52,6 +53,13 @@ PASSES: dict[str, PassSpec] = {
             OpenVinoConfig,
             run_convert_openvino,
             "ONNX file or torch module -> OpenVINO IR (.xml + .bin): fp32, fp16 or int8 (NNCF)",
+        ),
+        PassSpec(
+            "convert_tensorrt",
+            TensorRtConfig,
+            run_convert_tensorrt,
+            "ONNX file -> TensorRT engine (.plan + .plan.json build record): fp32, fp16, "
+            "int8 from symmetric QDQ; built on and for this machine's NVIDIA GPU",
         ),
         PassSpec(
             "quantize",

@@ -30,6 +30,9 @@ _DEFAULTS = {
     "tensorrt": "tensorrt",
 }
 
+# backend -> the device used when none is named (a TensorRT engine runs on the GPU only).
+_DEVICES = {"tensorrt": "cuda"}
+
 
 class Session(ABC):
     """An artifact ready to run. Subclasses implement ``_run``; ``run`` checks inputs first."""
@@ -85,7 +88,7 @@ def open_session(
     artifact: Artifact,
     *,
     backend: str | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     threads: int | None = None,
     **options: Any,
 ) -> Session:
@@ -95,6 +98,7 @@ def open_session(
     ``options`` go to the backend (e.g. ``compile=True`` for torch).
     """
     name = backend or default_backend(artifact)
+    device = device or _DEVICES.get(name, "cpu")
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known backends: {sorted(BACKENDS)}")
     if threads is not None and threads < 1:
