@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 import shipyard
-from shipyard.artifact import Artifact, PassRecord
+from shipyard.artifact import Artifact
 from shipyard.bench import LatencyStats, hardware_fingerprint
 from shipyard.runtimes import open_session
 from shipyard.signature import Signature, TensorSpec
@@ -163,34 +163,13 @@ class Artifacts:
         return self._once("int8 QDQ onnx", self._quantize)
 
     def _quantize(self) -> Artifact:
-        from onnxruntime import quantization as ortq
+        from shipyard.data import Dataset
+        from shipyard.passes.quantize import QuantizeConfig, quantize_onnx
 
-        source = self.onnx()
-        assert source.path is not None
+        # Symmetric int8, float biases: what TensorRT's explicit quantization accepts.
         target = self.folder / "model.int8-qdq-symmetric.onnx"
-
-        class Reader(ortq.CalibrationDataReader):
-            def __init__(self, images: np.ndarray) -> None:
-                self.batches = iter([images[i : i + 8] for i in range(0, len(images), 8)])
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(self.batches, None)
-                return None if batch is None else {"x": batch}
-
-        options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
-        ortq.quantize_static(
-            str(source.path),
-            str(target),
-            Reader(self.calibration),
-            quant_format=ortq.QuantFormat.QDQ,
-            activation_type=ortq.QuantType.QInt8,
-            weight_type=ortq.QuantType.QInt8,
-            per_channel=True,
-            extra_options=options,
-        )
-        record = PassRecord("quantize", {"mode": "static", "symmetric": True}, 0.0)
-        provenance = [*source.provenance, record]
-        return Artifact("onnx-int8", "onnx", SIGNATURE, path=target, provenance=provenance)
+        config = QuantizeConfig.tensorrt_s8s8(name="onnx-int8")
+        return quantize_onnx(self.onnx(), target, config, Dataset({"x": self.calibration}))
 
     def engine(self, precision: str, level: int | None) -> Artifact:
         from shipyard.passes.convert_tensorrt import TensorRtConfig, convert_tensorrt

@@ -14,10 +14,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnxruntime import quantization as ortq
 from pydantic import ValidationError
 
-from shipyard.artifact import Artifact, PassRecord
+from shipyard.artifact import Artifact
 from shipyard.data import Dataset
 from shipyard.errors import MissingExtraError, ShipyardError
 from shipyard.passes.context import PassContext
@@ -45,43 +44,13 @@ def calibration() -> Dataset:
     return Dataset({"x": rng.standard_normal((32, 1, 8, 8)).astype(np.float32)})
 
 
-class _Reader(ortq.CalibrationDataReader):
-    def __init__(self, data: Dataset) -> None:
-        self._batches = iter(list(data.batches(8)))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 @pytest.fixture(scope="module")
 def symmetric_qdq(
     small_onnx: Artifact, calibration: Dataset, tmp_path_factory: pytest.TempPathFactory
 ) -> Artifact:
-    """A QDQ model TensorRT can build: int8, symmetric, float biases (ORT directly)."""
-    assert small_onnx.path is not None
+    """A QDQ model TensorRT can build: int8, symmetric, float biases (the tensorrt preset)."""
     target = tmp_path_factory.mktemp("qdq") / "symmetric.onnx"
-    ortq.quantize_static(
-        str(small_onnx.path),
-        str(target),
-        _Reader(calibration),
-        quant_format=ortq.QuantFormat.QDQ,
-        activation_type=ortq.QuantType.QInt8,
-        weight_type=ortq.QuantType.QInt8,
-        per_channel=True,
-        extra_options={
-            "ActivationSymmetric": True,
-            "WeightSymmetric": True,
-            "QuantizeBias": False,
-        },
-    )
-    record = PassRecord("quantize", {"mode": "static"}, 0.0)
-    return Artifact(
-        "onnx-int8",
-        "onnx",
-        small_onnx.signature,
-        path=target,
-        provenance=[*small_onnx.provenance, record],
-    )
+    return quantize_onnx(small_onnx, target, QuantizeConfig.tensorrt_s8s8(), calibration)
 
 
 def _context(tmp_path: Path, reference: Artifact) -> PassContext:

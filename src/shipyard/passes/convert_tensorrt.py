@@ -64,9 +64,10 @@ _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _INTEGER_OPS = ("QLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")
 _INT8, _INT32 = onnx.TensorProto.INT8, onnx.TensorProto.INT32
 _SYMMETRIC_HINT = (
-    "quantize symmetrically: ONNX Runtime's quantize_static(..., quant_format=QDQ, "
-    "activation_type=QInt8, weight_type=QInt8, extra_options={'ActivationSymmetric': True, "
-    "'WeightSymmetric': True, 'QuantizeBias': False}); or build with precision: fp16"
+    "quantize symmetrically: in the recipe 'quantize: {mode: static, activations: int8, "
+    "symmetric: true, quantize_bias: false}' (QuantizeConfig.tensorrt_s8s8(); ONNX Runtime's "
+    "extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True, 'QuantizeBias': "
+    "False}); or build with precision: fp16"
 )
 
 

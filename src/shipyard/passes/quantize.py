@@ -60,7 +60,14 @@ _CONVERSION_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"
 # When symbolic shape inference fails, ORT 1.32 saves its model into the *current folder*,
 # with the weights beside it under a uuid name (90 MB for MiniLM).
 _STRAY = re.compile(r"sym_shape_infer_temp\.onnx|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.data")
-_STATIC_ONLY = ("format", "activations", "calibration", "calibration_samples")
+_STATIC_ONLY = (
+    "format",
+    "activations",
+    "calibration",
+    "calibration_samples",
+    "symmetric",
+    "quantize_bias",
+)
 _INT8_ONLY = ("weights", "per_channel", "reduce_range")
 
 
@@ -84,6 +91,10 @@ class QuantizeConfig(BaseModel):
     reduce_range: bool | Literal["auto"] = "auto"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_samples: int = Field(default=256, ge=1)
+    # TensorRT's explicit quantization takes only symmetric QDQ (zero points 0, int8) and
+    # float biases: symmetric + quantize_bias false (the tensorrt_s8s8 preset).
+    symmetric: bool = False
+    quantize_bias: bool = True
     preprocess: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)
     exclude_op_types: list[str] = Field(default_factory=list)
@@ -119,6 +130,13 @@ class QuantizeConfig(BaseModel):
         return cls(**{"mode": "static", "activations": "int8", "weights": "int8", **overrides})
 
     @classmethod
+    def tensorrt_s8s8(cls, **overrides: Any) -> QuantizeConfig:
+        """Static QDQ, symmetric int8 activations and weights, float biases: what TensorRT's
+        explicit quantization accepts (``convert_tensorrt: {precision: int8}``)."""
+        values = {"activations": "int8", "symmetric": True, "quantize_bias": False, **overrides}
+        return cls(**{"mode": "static", "weights": "int8", "per_channel": True, **values})
+
+    @classmethod
     def dynamic_s8(cls, **overrides: Any) -> QuantizeConfig:
         """Dynamic (no calibration), int8 weights; activations are quantized at run time."""
         return cls(**{"mode": "dynamic", "weights": "int8", **overrides})
@@ -142,6 +160,8 @@ class QuantizeConfig(BaseModel):
         else:
             parts = ["int8", "static", self.format, _SHORT[self.activations] + _SHORT[self.weights]]
         parts += ["pc"] if self.per_channel else []
+        parts += ["sym"] if self.symmetric else []
+        parts += [] if self.quantize_bias else ["fbias"]
         parts += [self.calibration] if self.calibration != "minmax" else []
         parts += [] if self.reduce_range == "auto" else ["rr" if self.reduce_range else "norr"]
         # The fields not spelled out above still make the label unique, through a digest.
@@ -281,6 +301,10 @@ def _quantize_int8(
         return
     assert reader is not None
     extra: dict[str, Any] = {}
+    if config.symmetric:
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True)
+    if not config.quantize_bias:
+        extra["QuantizeBias"] = False
     if config.calibration != "minmax":
         # ORT collects one chunk at a time when the chunk size divides the number of batches.
         chunk = max(1, _HISTOGRAM_CHUNK // reader.batch)
