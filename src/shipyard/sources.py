@@ -7,7 +7,8 @@ Accepted:
 - a TorchScript archive (``.pt``/``.pth``/``.ts`` made by ``torch.jit.save``);
 - a ``torch.export`` program (``.pt2``);
 - an ONNX file (``.onnx``);
-- an OpenVINO IR (``.xml`` with its ``.bin``), signature read from the file.
+- an OpenVINO IR (``.xml`` with its ``.bin``) or a TFLite file (``.tflite``), signature read
+  from the file (tensor names taken from a given signature by position).
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def load_model(
         )
     if path.suffix == ".onnx":
         return Artifact(name or "onnx", "onnx", signature or onnx_signature(path), path=path)
+    if path.suffix == ".tflite":
+        from shipyard.runtimes.litert import tflite_signature
+
+        return Artifact(
+            name or "tflite", "tflite", adopt_names(tflite_signature(path), signature), path=path
+        )
     if path.suffix == ".xml":
         from shipyard.runtimes.openvino import ir_signature
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from shipyard.passes.convert_openvino import OpenVinoConfig, run_convert_openvino
 from shipyard.passes.convert_tensorrt import TensorRtConfig, run_convert_tensorrt
+from shipyard.passes.convert_tflite import TfliteConfig, run_convert_tflite
 from shipyard.passes.export import ExportConfig, run_export
 from shipyard.passes.finetune import FinetuneConfig, run_finetune
 from shipyard.passes.prune import PruneConfig, run_prune
@@ -53,6 +54,13 @@ PASSES: dict[str, PassSpec] = {
             OpenVinoConfig,
             run_convert_openvino,
             "ONNX file or torch module -> OpenVINO IR (.xml + .bin): fp32, fp16 or int8 (NNCF)",
+        ),
+        PassSpec(
+            "convert_tflite",
+            TfliteConfig,
+            run_convert_tflite,
+            "torch module -> TFLite (LiteRT) file: fp32, dynamic_int8, weight_only_int8 or "
+            "int8 (PT2E, calibrated); optional NHWC I/O",
         ),
         PassSpec(
             "convert_tensorrt",
