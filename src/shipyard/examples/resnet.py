@@ -7,6 +7,7 @@ directly, and it exports with ``torch.onnx.export(dynamo=True)`` with a dynamic 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -124,3 +125,14 @@ def resnet18(num_classes: int = 1000) -> ResNet:
     With the default 1000 classes it has 11,689,512 parameters, like torchvision's.
     """
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes).eval()
+
+
+def calibration_images(n: int = 32, seed: int = 1) -> np.ndarray:
+    """``n`` seeded standard-normal 224x224 RGB images (NCHW), for int8 calibration.
+
+    No image data set ships offline; the example's weights are random too, so random images
+    exercise the same activation ranges the validation inputs will (validation draws its
+    own, with another seed).
+    """
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
