@@ -129,8 +129,7 @@ def test_two_file_artifacts_with_one_name_are_refused(tmp_path: Path) -> None:
 
 
 def test_gates_on_a_torch_step_are_refused(tmp_path: Path) -> None:
-    text = BRANCHED.replace(
-        "  - export: {}\n", "  - prune: {method: l1_unstructured, amount: 0.2}\n    gates: {atol: 1.0}\n  - export: {}\n"
-    )
+    prune = "  - prune: {method: l1_unstructured, amount: 0.2}\n    gates: {atol: 1.0}\n"
+    text = BRANCHED.replace("  - export: {}\n", prune + "  - export: {}\n")
     with pytest.raises(RecipeError, match="makes a torch module"):
         shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
