@@ -188,6 +188,22 @@ class Artifacts:
         return self._once(f"tensorrt {precision} engine", build)
 
 
+def ort_trt_options(models: Artifacts, fp16: bool) -> dict[str, Any]:
+    """The ORT TensorRT EP builds its engine at session start: give it the batch range the
+    check runs (else it rebuilds per new shape) and a cache folder per precision."""
+    low, high = (f"x:{batch}x3x224x224" for batch in (min(BATCHES), max(BATCHES)))
+    cache = models.folder / f"ort-trt-cache-{'fp16' if fp16 else 'fp32'}"
+    cache.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_profile_min_shapes": low,
+        "trt_profile_opt_shapes": high,
+        "trt_profile_max_shapes": high,
+    }
+
+
 def make_routes(
     found: dict[str, Any], models: Artifacts, cpu_routes: bool, level: int | None
 ) -> list[Route]:
@@ -222,7 +238,16 @@ def make_routes(
         Route(
             "ort-tensorrt-ep",
             provider("TensorrtExecutionProvider"),
-            lambda: open_session(models.onnx(), device="tensorrt"),
+            lambda: open_session(
+                models.onnx(), device="tensorrt", provider_options=ort_trt_options(models, False)
+            ),
+        ),
+        Route(
+            "ort-tensorrt-ep-fp16",
+            provider("TensorrtExecutionProvider"),
+            lambda: open_session(
+                models.onnx(), device="tensorrt", provider_options=ort_trt_options(models, True)
+            ),
         ),
         Route("trt-fp32", no_trt, engine("fp32")),
         Route("trt-fp16", no_trt, engine("fp16")),

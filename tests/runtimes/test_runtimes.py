@@ -56,6 +56,15 @@ def test_gpu_provider_that_cannot_start_fails_loudly(small_onnx: Artifact) -> No
         open_session(small_onnx, device="cuda")
 
 
+def test_provider_options_are_not_dropped_silently(small_onnx: Artifact) -> None:
+    # ORT accepts and ignores options given to its CPU provider; we refuse them instead.
+    with pytest.raises(BackendError, match="provider_options apply to the cuda and tensorrt"):
+        open_session(small_onnx, provider_options={"trt_fp16_enable": True})
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendError, match="TensorrtExecutionProvider"):
+            open_session(small_onnx, device="tensorrt", provider_options={"trt_fp16_enable": True})
+
+
 def test_torch_cuda_without_gpu_fails(small_torch: Artifact) -> None:
     import torch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -29,7 +30,12 @@ class OrtSession(Session):
         device: str = "cpu",
         threads: int | None = None,
         optimization: str = "all",
+        provider_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """``provider_options`` go to the device's first provider, e.g. for ``tensorrt``:
+        ``{"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": "/var/cache/ort-trt"}`` (without a cache ORT rebuilds the
+        engine at every session start)."""
         super().__init__(artifact, device, threads)
         if device not in _PROVIDERS:
             raise BackendError(f"unknown device {device!r} for onnxruntime; use {list(_PROVIDERS)}")
@@ -43,8 +49,17 @@ class OrtSession(Session):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
         wanted = _PROVIDERS[device]
+        providers: list[Any] = list(wanted)
+        if provider_options and device == "cpu":
+            # ORT ignores options given to its CPU provider without a word: refuse instead.
+            raise BackendError(
+                "provider_options apply to the cuda and tensorrt devices; on cpu set threads "
+                "and optimization instead"
+            )
+        if provider_options:
+            providers[0] = (wanted[0], dict(provider_options))
         try:
-            self._session = ort.InferenceSession(str(artifact.path), options, providers=wanted)
+            self._session = ort.InferenceSession(str(artifact.path), options, providers=providers)
         except Exception as error:  # ORT raises its own Fail/InvalidGraph types
             raise BackendError(f"ONNX Runtime cannot load {artifact.path}: {error}") from error
         # ORT silently falls back to CPU when a GPU provider cannot start: check what is active.
