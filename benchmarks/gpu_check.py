@@ -304,19 +304,19 @@ def time_interleaved(routes: list[Route], runs: int, warmup: int, max_seconds: f
 
 def table(routes: list[Route]) -> str:
     head = (
-        f"{'route':<18}{'status':<12}{'open s':>8}{'max|d|':>10}{'cosine':>10}{'top-1':>7}"
+        f"{'route':<22}{'status':<12}{'open s':>8}{'max|d|':>10}{'cosine':>10}{'top-1':>7}"
         + "".join(f"{f'p50 b{b} ms':>12}{f'img/s b{b}':>11}" for b in BATCHES)
     )
     lines = [head, "-" * len(head)]
     for route in routes:
         if route.needs or route.error or not route.check:
             status = "unavailable" if route.needs else "FAILED" if route.error else "not run"
-            lines.append(f"{route.name:<18}{status:<12}{route.needs or route.error or ''}")
+            lines.append(f"{route.name:<22}{status:<12}{route.needs or route.error or ''}")
             continue
         c = route.check
         top1 = "-" if c["top1"] is None else f"{c['top1']:.2f}"
         row = (
-            f"{route.name:<18}{'ok':<12}{route.open_s or 0:>8.1f}{c['max_abs']:>10.2e}"
+            f"{route.name:<22}{'ok':<12}{route.open_s or 0:>8.1f}{c['max_abs']:>10.2e}"
             f"{c['cosine']:>10.6f}{top1:>7}"
         )
         for b in BATCHES:
