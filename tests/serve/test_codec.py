@@ -74,6 +74,9 @@ def test_output_selection_and_per_output_binary() -> None:
         ({"datatype": "FP32", "shape": [2], "data": [1, 2, 3]}, "holds 3 values"),
         ({"datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative"),
         ({"datatype": "UINT8", "shape": [1], "data": [300]}, "UINT8|uint8"),
+        ({"datatype": "UINT8", "shape": [2], "data": [1, -1]}, "uint8"),
+        ({"datatype": "INT8", "shape": [2], "data": [1, -129]}, "-129 is out of bounds for int8"),
+        ({"datatype": "INT64", "shape": [1], "data": [2**70]}, "input 't'|not valid JSON"),
         ({"datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}, "input 't'"),
         ({"datatype": "FP32", "shape": [1]}, "neither 'data' nor binary_data_size"),
     ],
@@ -94,3 +97,40 @@ def test_misaligned_binary_input_is_copied_not_rejected() -> None:
     assert request.inputs["f"].flags.aligned
     np.testing.assert_array_equal(request.inputs["f"], array)
     assert isinstance(request, InferRequest) and request.inputs["b"].tolist() == [7]
+
+
+def test_json_numbers_decode_exactly_and_nan_still_parses() -> None:
+    """The simdjson path (numbers straight into an array) gives what the JSON says, bit for bit;
+    NaN, which only Python's json module writes and reads, takes the general path."""
+    rng = np.random.default_rng(0)
+    floats = rng.standard_normal(1000)
+    ints = np.array([2**62 + 1, -(2**62) - 3, 0], np.int64)  # beyond float64's 53-bit mantissa
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "f", "datatype": "FP64", "shape": [10, 100], "data": floats.tolist()},
+                {"name": "h", "datatype": "FP32", "shape": [2, 500], "data": floats.tolist()},
+                {"name": "i", "datatype": "INT64", "shape": [3], "data": ints.tolist()},
+                {"name": "u", "datatype": "UINT64", "shape": [1], "data": [2**64 - 1]},
+                {"name": "b", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+            ],
+            "parameters": {"nested": {"list": [1, {"x": None}]}},
+        }
+    ).encode()
+    first = decode_request(body)  # hold its arrays while the next request is parsed
+    second = decode_request(body)
+    for request in (first, second):
+        np.testing.assert_array_equal(request.inputs["f"].ravel(), floats)
+        np.testing.assert_array_equal(request.inputs["h"].ravel(), floats.astype(np.float32))
+        np.testing.assert_array_equal(request.inputs["i"], ints)
+        assert (
+            request.inputs["u"].tolist() == [2**64 - 1] and request.inputs["u"].dtype == np.uint64
+        )
+        assert request.inputs["b"].tolist() == [True, False]
+        assert request.parameters == {"nested": {"list": [1, {"x": None}]}}
+    nan = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, float("nan")]}]}
+    )
+    assert np.isnan(decode_request(nan.encode()).inputs["x"][1])
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        decode_request(b'{"inputs": [')
