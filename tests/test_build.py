@@ -8,7 +8,7 @@ import torch
 
 import shipyard
 from shipyard.artifact import sha256_file
-from shipyard.errors import GateError, PackageError, RecipeError
+from shipyard.errors import GateError, PackageError, RecipeError, ShipyardError
 from shipyard.package import load_package
 from shipyard.recipe import default_recipe_path, load_recipe, parse_recipe
 
@@ -126,6 +126,13 @@ def test_two_file_artifacts_with_one_name_are_refused(tmp_path: Path) -> None:
     text = BRANCHED.replace("{name: onnx-again, filename: again.onnx}", "{filename: again.onnx}")
     with pytest.raises(RecipeError, match="second artifact named 'onnx'"):
         shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
+
+
+def test_a_step_never_overwrites_an_earlier_steps_file(tmp_path: Path) -> None:
+    text = BRANCHED.replace("{name: onnx-again, filename: again.onnx}", "{name: onnx-again}")
+    with pytest.raises(ShipyardError, match="export: model.onnx was already written"):
+        shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
+    assert list((tmp_path / "branched").iterdir()) == []
 
 
 def test_gates_on_a_torch_step_are_refused(tmp_path: Path) -> None:

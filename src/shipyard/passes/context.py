@@ -28,6 +28,22 @@ class PassContext:
     def output_path(self, filename: str) -> Path:
         return self.workdir / filename
 
+    def new_file(self, step: str, filename: str, fields: str = "'filename'") -> Path:
+        """``output_path(filename)``, refused when an earlier pass already wrote that file
+        (the package folder starts empty); the error names the step's ``fields`` to change."""
+        path = self.output_path(filename)
+        if path.exists():
+            raise ShipyardError(
+                f"{step}: {path.name} was already written by an earlier pass of this recipe; "
+                f"give this {step} its own {fields}"
+            )
+        return path
+
+    def calibration(self) -> tuple[str | None, Dataset | None]:
+        """The data set that calibrates: ``data: calibration:``, else ``data: train:``."""
+        key = next((k for k in ("calibration", "train") if k in self.data), None)
+        return key, self.data[key] if key else None
+
 
 def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> Artifact:
     """The latest torch module behind ``artifact``, for passes that convert from PyTorch.

@@ -260,14 +260,8 @@ def run_convert_openvino(
     artifact: Artifact, config: OpenVinoConfig, context: PassContext
 ) -> Artifact:
     """The pass: calibrates on ``data: calibration:``, else on ``data: train:``."""
-    path = context.output_path(config.output_filename())
-    if path.exists():  # the package folder starts empty: an earlier pass wrote this file
-        raise ShipyardError(
-            f"convert_openvino: {path.name} was already written by an earlier pass of this "
-            f"recipe; give this convert_openvino its own 'filename'"
-        )
-    key = next((k for k in ("calibration", "train") if k in context.data), None)
-    data = context.data[key] if key else None
+    path = context.new_file("convert_openvino", config.output_filename())
+    key, data = context.calibration()
     result = convert_openvino(artifact, path, config, data, reference=context.reference)
     if config.precision == "int8":
         result.provenance[-1].notes["calibration"]["data"] = key

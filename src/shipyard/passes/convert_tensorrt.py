@@ -392,10 +392,5 @@ def run_convert_tensorrt(
     artifact: Artifact, config: TensorRtConfig, context: PassContext
 ) -> Artifact:
     """The pass: builds on this machine's GPU, into the package folder."""
-    path = context.output_path(config.output_filename())
-    if path.exists():  # the package folder starts empty: an earlier pass wrote this file
-        raise ShipyardError(
-            f"convert_tensorrt: {path.name} was already written by an earlier pass of this "
-            f"recipe; give this convert_tensorrt its own 'filename'"
-        )
+    path = context.new_file("convert_tensorrt", config.output_filename())
     return convert_tensorrt(artifact, path, config)

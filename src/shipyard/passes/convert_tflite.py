@@ -380,14 +380,8 @@ def _version(distribution: str) -> str | None:
 
 def run_convert_tflite(artifact: Artifact, config: TfliteConfig, context: PassContext) -> Artifact:
     """The pass: int8 calibrates on ``data: calibration:``, else on ``data: train:``."""
-    path = context.output_path(config.output_filename())
-    if path.exists():  # the package folder starts empty: an earlier pass wrote this file
-        raise ShipyardError(
-            f"convert_tflite: {path.name} was already written by an earlier pass of this "
-            f"recipe; give this convert_tflite its own 'filename' and 'name'"
-        )
-    key = next((k for k in ("calibration", "train") if k in context.data), None)
-    data = context.data[key] if key else None
+    path = context.new_file("convert_tflite", config.output_filename(), "'filename' and 'name'")
+    key, data = context.calibration()
     result = convert_tflite(artifact, path, config, data, reference=context.reference)
     if config.precision == "int8":
         result.provenance[-1].notes["calibration"]["data"] = key

@@ -215,4 +215,5 @@ def export_onnx(
 
 
 def run_export(artifact: Artifact, config: ExportConfig, context: PassContext) -> Artifact:
-    return export_onnx(artifact, context.output_path(config.filename), config)
+    path = context.new_file("export", config.filename, "'filename' and 'name'")
+    return export_onnx(artifact, path, config)

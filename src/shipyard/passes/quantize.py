@@ -431,9 +431,9 @@ def quantize_onnx(
 
 def run_quantize(artifact: Artifact, config: QuantizeConfig, context: PassContext) -> Artifact:
     """The pass: calibrates on ``data: calibration:``, else on ``data: train:``."""
-    key = next((k for k in ("calibration", "train") if k in context.data), None)
-    data = context.data[key] if key else None
-    result = quantize_onnx(artifact, context.output_path(config.output_filename()), config, data)
+    key, data = context.calibration()
+    path = context.new_file("quantize", config.output_filename(), "'filename' and 'name'")
+    result = quantize_onnx(artifact, path, config, data)
     if config.mode == "static":
         result.provenance[-1].notes["calibration"]["data"] = key
     return result
