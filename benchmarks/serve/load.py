@@ -76,10 +76,19 @@ def ceiling(package: Path, batch_sizes: list[int], seconds: float) -> dict[int, 
     return out
 
 
-def request_bytes(port: int, binary: bool) -> bytes:
-    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
-    tensor: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": [1, 1, 8, 8]}
-    headers = f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+def request_bytes(
+    port: int,
+    binary: bool,
+    model: str = "digits",
+    x: np.ndarray | None = None,
+    input_name: str = "x",
+) -> bytes:
+    """One V2 inference request (HTTP/1.1, keep-alive), JSON or binary tensor extension;
+    ``x`` defaults to one random digits-sized image."""
+    if x is None:
+        x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    tensor: dict[str, Any] = {"name": input_name, "datatype": "FP32", "shape": list(x.shape)}
+    headers = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
     if binary:
         tensor["parameters"] = {"binary_data_size": x.nbytes}
         header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})

@@ -59,6 +59,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from load import RECIPE as DIGITS_RECIPE  # noqa: E402
 from load import batch_stats, ceiling, drive  # noqa: E402
+from load import request_bytes as load_request_bytes  # noqa: E402
 
 PEER_CODE = HERE / "peers"
 VENVS = HERE / ".peers"
@@ -315,19 +316,8 @@ def launch_peer(
 
 
 def request_bytes(port: int, model: Model, x: np.ndarray, binary: bool = False) -> bytes:
-    """One V2 inference request (HTTP/1.1, keep-alive), JSON or binary tensor extension."""
-    tensor: dict[str, Any] = {"name": model.input, "datatype": "FP32", "shape": list(x.shape)}
-    headers = f"POST /v2/models/{model.name}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-    if binary:
-        tensor["parameters"] = {"binary_data_size": x.nbytes}
-        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
-        body = header.encode() + x.tobytes()
-        headers += f"Inference-Header-Content-Length: {len(header)}\r\n"
-    else:
-        tensor["data"] = x.ravel().tolist()
-        body = json.dumps({"inputs": [tensor]}).encode()
-    headers += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    return headers.encode() + body
+    """One V2 inference request for ``model`` (load.py's), JSON or binary tensor extension."""
+    return load_request_bytes(port, binary, model.name, x, model.input)
 
 
 async def exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
