@@ -77,3 +77,19 @@ def test_nhwc_spec_transposes_channels_first_data_and_back() -> None:
     plain = TensorSpec(name="x", shape=("batch", 3, 8, 8))
     assert plain.from_channels_first(nchw) is nchw
     assert spec.describe() == "x: float32[batch, 8, 8, 3] NHWC"
+
+
+def test_finite_inputs_refuse_nan_and_inf_naming_the_input() -> None:
+    spec = TensorSpec(name="x", shape=("batch", 4), finite=True)
+    signature = Signature(inputs=(spec,))
+    signature.check_inputs({"x": np.zeros((2, 4), np.float32)})
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros((2, 4), np.float32)
+        x[1, 2] = bad
+        with pytest.raises(InputError, match=r"input 'x' holds 1 NaN or Inf .* flat index 6"):
+            signature.check_inputs({"x": x})
+    # Without finite: true the model decides what NaN means.
+    lenient = Signature(inputs=(spec.model_copy(update={"finite": False}),))
+    lenient.check_inputs({"x": np.full((1, 4), np.nan, np.float32)})
+    with pytest.raises(ValueError, match="finite: true applies to float inputs"):
+        TensorSpec(name="ids", dtype="int64", shape=("batch", 4), finite=True)

@@ -45,6 +45,9 @@ class TensorSpec(BaseModel):
     # made from (TFLite's channels_last_io): data sets stay channels-first (the PyTorch
     # layout) and validation transposes them for this artifact. None: as the source model.
     layout: Literal["NCHW", "NHWC"] | None = None
+    # True: the model is not meant to see NaN or Inf in this input (an image, token ids as
+    # floats); every Session and the server refuse such an input, naming it, before running.
+    finite: bool = False
 
     @field_validator("dtype")
     @classmethod
@@ -59,6 +62,14 @@ class TensorSpec(BaseModel):
         for dim in value:
             if isinstance(dim, int) and dim < 1:
                 raise ValueError(f"fixed dimensions must be >= 1, got {dim}")
+        return value
+
+    @field_validator("finite")
+    @classmethod
+    def _float_only(cls, value: bool, info: ValidationInfo) -> bool:
+        dtype = info.data.get("dtype")
+        if value and dtype is not None and np.dtype(dtype).kind != "f":
+            raise ValueError(f"finite: true applies to float inputs; this one is {dtype}")
         return value
 
     @field_validator("layout")
@@ -190,6 +201,13 @@ class Signature(BaseModel):
                             f"'{first_input}' but {got} in input '{spec.name}'"
                         )
                     bound.setdefault(want, (got, spec.name))
+            if spec.finite and not np.isfinite(array).all():
+                bad = np.flatnonzero(~np.isfinite(array))
+                raise InputError(
+                    f"input '{spec.name}' holds {bad.size} NaN or Inf value(s) (the first at "
+                    f"flat index {bad[0]}: {array.flat[bad[0]]}); this model's signature says "
+                    f"finite: true, so clean or drop them before sending"
+                )
 
     def describe_inputs(self) -> str:
         return ", ".join(spec.describe() for spec in self.inputs)

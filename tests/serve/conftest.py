@@ -27,11 +27,12 @@ name: {name}
 version: {version}
 model: {{source: "{source}", kwargs: {kwargs}}}
 signature:
-  inputs: [{{name: x, dtype: float32, shape: {shape}}}]
+  inputs: [{{name: x, dtype: float32, shape: {shape}, finite: {finite}}}]
   outputs: [{{name: logits, dtype: float32, shape: {out}}}]
 passes: [{{export: {{dynamo: false}}}}]
 validate: {{samples: 4}}
 """
+# The image models forbid NaN/Inf inputs (finite: true); "rows" takes them.
 IMAGE = ("[batch, 1, 8, 8]", "[batch, 10]")
 # name, version, factory, kwargs, (input shape, output shape)
 BUILDS = [
@@ -54,6 +55,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
             kwargs=json.dumps(kwargs),
             shape=shape,
             out=out,
+            finite="true" if (shape, out) == IMAGE else "false",
         )
         shipyard.build(parse_recipe(text), root, run_bench=False)
     return root

@@ -78,6 +78,12 @@ CASES = {
         400,
         "holds 64 values but shape [2, 1, 8, 8] needs 128",
     ),
+    "NaN where the model forbids it": (
+        "/v2/models/tiny/infer",
+        {"content": json.dumps({"inputs": [{**GOOD, "data": [float("nan")] + [0.0] * 63}]})},
+        400,
+        "input 'x' holds 1 NaN or Inf value(s)",
+    ),
     "not numbers": (
         "/v2/models/tiny/infer",
         {"json": {"inputs": [{**GOOD, "data": ["a"] * 64}]}},
@@ -160,6 +166,15 @@ def test_bad_request_is_answered_and_the_server_keeps_serving(
     error = response.json()["error"]
     assert isinstance(error, str) and message in error
     assert client.post("/v2/models/tiny/infer", json={"inputs": [GOOD]}).status_code == 200
+
+
+def test_nan_is_served_where_the_model_allows_it(client: httpx.Client) -> None:
+    # "rows" declares no finite: true, so NaN reaches the model (and comes back as NaN).
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, "NaN"]}]}
+    text = json.dumps(body).replace('"NaN"', "NaN")
+    response = client.post("/v2/models/rows/infer", content=text)
+    assert response.status_code == 200, response.text
+    assert "NaN" in response.text
 
 
 def test_unknown_route_and_method_answer_v2_errors(client: httpx.Client) -> None:

@@ -205,6 +205,8 @@ BAD_INPUTS = {
                        None, "INVALID_ARGUMENT", "input 'x' has datatype FP64"),
     "wrong shape": ("tiny", "", lambda: [_input(np.zeros((1, 8, 8, 1), np.float32))],
                     None, "INVALID_ARGUMENT", "input 'x'"),
+    "Inf where the model forbids it": ("tiny", "", lambda: [_input(_images(1) * np.inf)],
+                                       None, "INVALID_ARGUMENT", "NaN or Inf"),
     "BYTES": ("tiny", "", lambda: [_input(np.array([[b"a"]], dtype=np.object_), "BYTES")],
               None, "INVALID_ARGUMENT", "BYTES"),
     "unknown input": ("tiny", "", lambda: [_input(_images(1), name="y")],
