@@ -16,9 +16,13 @@ litert-torch are needed to run a model.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -59,6 +63,52 @@ def _quantization(detail: Mapping[str, Any]) -> tuple[float, int] | None:
             f"quantization parameters; Shipyard runs float or quantized (scale, zero point) I/O"
         )
     return float(scale), int(zero_point)
+
+
+_LOG = logging.getLogger("shipyard.runtimes.litert")
+_DELEGATE_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_first_allocation = threading.Lock()
+_allocated_once = False
+
+
+@contextlib.contextmanager
+def _fd2_captured() -> Iterator[list[str]]:
+    """Point file descriptor 2 at a temporary file; the lines it got land in the yielded
+    list on exit. For C++ code that writes to stderr directly, past ``sys.stderr``."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines += capture.read().decode(errors="replace").splitlines()
+
+
+def _allocate(interpreter: Any) -> None:
+    """``allocate_tensors()``. LiteRT announces its XNNPACK delegate on the process's first
+    allocation with an INFO line on stderr, in every CLI run that touches a .tflite file: that
+    one call keeps the line for the debug log and passes anything else through."""
+    global _allocated_once
+    if _allocated_once:
+        interpreter.allocate_tensors()
+        return
+    with _first_allocation:
+        if _allocated_once:
+            interpreter.allocate_tensors()
+            return
+        with _fd2_captured() as lines:
+            interpreter.allocate_tensors()
+        _allocated_once = True
+    for line in lines:
+        if line.strip() == _DELEGATE_NOTICE:
+            _LOG.debug("LiteRT: %s", line)
+        else:
+            print(line, file=sys.stderr)
 
 
 def tflite_signature(path: str | Path) -> Signature:
@@ -121,7 +171,7 @@ class LiteRtSession(Session):
         self.fixed_batch: int | None = int(dims[0]) if dims and dims[0] > 0 else None
         self._allocated: dict[int, tuple[int, ...]] = {}
         self._lock = threading.Lock()
-        self._interpreter.allocate_tensors()
+        _allocate(self._interpreter)
 
     @property
     def threads(self) -> int:
