@@ -134,3 +134,16 @@ def test_json_numbers_decode_exactly_and_nan_still_parses() -> None:
     assert np.isnan(decode_request(nan.encode()).inputs["x"][1])
     with pytest.raises(BadRequest, match="not valid JSON"):
         decode_request(b'{"inputs": [')
+
+
+def test_large_bodies_get_a_parser_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipyard.serve import codec
+
+    monkeypatch.setattr(codec, "_REUSE_PARSER_BYTES", 200)
+    small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.5, 2.5]}]}
+    large = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [64], "data": [0.5] * 64}]}
+    for body in (small, large, small, large):
+        text = json.dumps(body).encode()
+        assert (len(text) > 200) == (body is large)
+        request = decode_request(text)
+        np.testing.assert_array_equal(request.inputs["x"], np.asarray(body["inputs"][0]["data"]))

@@ -97,6 +97,9 @@ _BUFFER_TYPES: dict[str, tuple[Literal["d", "i", "u"], type[np.generic]]] = {
     "u": ("u", np.uint64),
 }
 _parsers = threading.local()
+# A parser keeps buffers sized to the largest document it has read: reuse one per thread for
+# bodies up to this size, and give larger ones a parser of their own that is then freed.
+_REUSE_PARSER_BYTES = 8 << 20
 
 
 def _plain(value: Any) -> Any:
@@ -137,9 +140,11 @@ def load_request(body: bytes) -> Any:
     64 bits, broken JSON) goes through ``parse_json``, which parses it or says what is wrong.
     Nested ``data`` arrays are read flat, in row-major order.
     """
-    parser = getattr(_parsers, "parser", None)
+    parser = getattr(_parsers, "parser", None) if len(body) <= _REUSE_PARSER_BYTES else None
     if parser is None:
-        parser = _parsers.parser = simdjson.Parser()
+        parser = simdjson.Parser()
+        if len(body) <= _REUSE_PARSER_BYTES:
+            _parsers.parser = parser
     try:
         try:
             document = parser.parse(body)
