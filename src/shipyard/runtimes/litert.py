@@ -67,7 +67,7 @@ def _quantization(detail: Mapping[str, Any]) -> tuple[float, int] | None:
 
 _LOG = logging.getLogger("shipyard.runtimes.litert")
 _DELEGATE_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-_first_allocation = threading.Lock()
+_allocation = threading.Lock()  # sessions open rarely: no fast path needed
 _allocated_once = False
 
 
@@ -94,10 +94,7 @@ def _allocate(interpreter: Any) -> None:
     allocation with an INFO line on stderr, in every CLI run that touches a .tflite file: that
     one call keeps the line for the debug log and passes anything else through."""
     global _allocated_once
-    if _allocated_once:
-        interpreter.allocate_tensors()
-        return
-    with _first_allocation:
+    with _allocation:
         if _allocated_once:
             interpreter.allocate_tensors()
             return

@@ -49,13 +49,13 @@ class OrtSession(Session):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
         wanted = _PROVIDERS[device]
-        providers: list[Any] = list(wanted)
         if provider_options and device == "cpu":
             # ORT ignores options given to its CPU provider without a word: refuse instead.
             raise BackendError(
                 "provider_options apply to the cuda and tensorrt devices; on cpu set threads "
                 "and optimization instead"
             )
+        providers: list[Any] = list(wanted)
         if provider_options:
             providers[0] = (wanted[0], dict(provider_options))
         try:
