@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from shipyard.bench import bench, render
+from shipyard.bench import bench
+from shipyard.cli.render import bench as render
 from shipyard.data import Dataset
 from shipyard.examples.resnet import resnet18
 from shipyard.passes.export import ExportConfig, export_onnx
@@ -95,7 +96,6 @@ def main() -> None:
             threads=args.threads,
             warmup=3,
             runs=args.runs,
-            progress=True,
         )
     console.print(render(report, baseline="torch"))
     console.print(

@@ -24,7 +24,8 @@ import torch
 from rich.console import Console
 
 from shipyard.artifact import Artifact
-from shipyard.bench import BenchReport, bench, hardware_fingerprint, render
+from shipyard.bench import BenchReport, bench, hardware_fingerprint
+from shipyard.cli.render import bench as render
 from shipyard.passes.export import export_onnx
 from shipyard.signature import Signature, TensorSpec
 
@@ -75,7 +76,7 @@ def measure(case: Case, threads: int, warmup: int, folder: Path, console: Consol
     console.print(f"[dim]{case.name}: exported to ONNX in {time.perf_counter() - started:.1f} s")
     return bench(
         [original, onnx], batch_sizes=BATCH_SIZES, threads=threads, warmup=warmup,
-        runs=case.runs, max_seconds=case.max_seconds, progress=True,
+        runs=case.runs, max_seconds=case.max_seconds,
     )  # fmt: skip
 
 

@@ -11,7 +11,10 @@ import torch
 from rich.console import Console
 
 from shipyard.artifact import Artifact
-from shipyard.bench import BenchReport, bench, hardware_fingerprint, render
+from shipyard.bench import BenchReport, bench, hardware_fingerprint
+from shipyard.cli.render import bench as render
+from shipyard.errors import InputError
+from shipyard.events import BenchProgress
 from shipyard.signature import Signature, TensorSpec
 
 BATCHES = (1, 3)
@@ -104,8 +107,32 @@ def test_max_seconds_stops_early_but_keeps_five_rounds(artifacts: list[Artifact]
 
 
 def test_bench_rejects_duplicate_names(artifacts: list[Artifact]) -> None:
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(InputError, match="unique"):
         bench([artifacts[0], artifacts[0]])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"runs": 0}, "runs must be at least 1"),
+        ({"warmup": -1}, "warmup must be 0 or more"),
+        ({"batch_sizes": (0,)}, "batch sizes must be integers >= 1"),
+        ({"batch_sizes": ()}, "batch sizes must be integers >= 1"),
+        ({"max_seconds": -1.0}, "max_seconds must be 0 or more"),
+    ],
+)
+def test_bench_refuses_impossible_counts_with_our_error(
+    artifacts: list[Artifact], options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        bench(artifacts, **options)  # type: ignore[arg-type]
+
+
+def test_bench_reports_progress_as_typed_events(artifacts: list[Artifact]) -> None:
+    events: list[BenchProgress] = []
+    bench(artifacts, batch_sizes=(1, 2), warmup=0, runs=3, on_progress=events.append)
+    assert [(e.batch, e.done) for e in events] == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6)]
+    assert all(e.total == 6 for e in events)
 
 
 def test_fingerprint_names_the_cpu_and_its_isa() -> None:

@@ -6,7 +6,8 @@ round. A burst of machine noise (another process, a frequency change) then hits 
 alike, so the ratios between them stay meaningful even when the absolute numbers drift. Numbers
 are only comparable within one report: rerun the baseline whenever you compare across runs.
 
-``render(report)`` turns a :class:`BenchReport` into a rich table; measuring never prints.
+Measuring never prints: ``on_progress`` receives a :class:`~shipyard.events.BenchProgress`
+after each timed round, and ``shipyard.cli.render.bench`` draws a report.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from typing import Any
 
 import numpy as np
 import psutil
-from rich.console import Group
-from rich.progress import Progress
-from rich.table import Table
 
 from shipyard.artifact import Artifact
+from shipyard.errors import InputError
+from shipyard.events import BenchCallback, BenchProgress
 from shipyard.runtimes.base import Session, open_session
 
 # ISA extensions that decide which kernels a runtime can use (int8 dot products, bf16, AMX...).
@@ -226,7 +226,7 @@ def _time_rounds(
     feeds: dict[str, np.ndarray],
     runs: int,
     max_seconds: float | None,
-    advance: Callable[[int], object],
+    advance: Callable[[int], None],
 ) -> list[list[int]]:
     """Interleaved timed loop at one batch size; returns per-session latencies in ns."""
     samples: list[list[int]] = [[] for _ in sessions]
@@ -247,7 +247,7 @@ def _time_rounds(
             done = r + 1
             over_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
             if over_time and _MIN_ROUNDS <= done < runs:
-                advance(runs - done)  # keep the progress bar's total honest
+                advance(runs - done)  # keep the progress total honest
                 break
     finally:
         gc.enable()
@@ -263,7 +263,7 @@ def bench(
     runs: int = 50,
     max_seconds: float | None = None,
     seed: int = 0,
-    progress: bool = False,
+    on_progress: BenchCallback | None = None,
 ) -> BenchReport:
     """Time every artifact at every batch size, interleaved, on identical inputs.
 
@@ -271,15 +271,26 @@ def bench(
     per session and batch size are discarded. ``runs`` is the number of timed rounds per batch
     size; ``max_seconds`` caps each batch size's timed loop (at least 5 rounds are kept).
     Inputs come from ``signature.example_inputs(batch, seed)`` of the first artifact, so all
-    artifacts must share a signature. Raises ValueError on empty or duplicate names.
+    artifacts must share a signature. ``on_progress(BenchProgress)`` follows the timed rounds.
+    Raises InputError on no artifacts, duplicate names or impossible counts.
     """
     if not artifacts:
-        raise ValueError("bench needs at least one artifact")
+        raise InputError("bench needs at least one artifact")
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):
-        raise ValueError(f"artifact names must be unique (they key the report), got {names}")
-    if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError("need runs >= 1, warmup >= 0 and batch sizes >= 1")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(
+            f"artifact names must be unique (they key the report): {twice} given more than "
+            f"once; load each with its own name=..."
+        )
+    if runs < 1:
+        raise InputError(f"runs must be at least 1, got {runs}")
+    if warmup < 0:
+        raise InputError(f"warmup must be 0 or more, got {warmup}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise InputError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}")
+    if max_seconds is not None and max_seconds < 0:
+        raise InputError(f"max_seconds must be 0 or more, got {max_seconds}")
     began = time.perf_counter()
     loadavg_start = _loadavg()
     # The same arrays for every artifact: one signature, one seed.
@@ -297,17 +308,21 @@ def bench(
             sessions.append(session)
             session.run(inputs[batch_sizes[0]])  # first run allocates buffers / plans kernels
             load_rss.append(_rss_mb() - before)
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task("benchmarking", total=runs * len(batch_sizes))
-            for b in batch_sizes:
-                # Warm up right before timing, so every session's buffers for this shape are hot.
-                for session in sessions:
-                    for _ in range(warmup):
-                        session.run(inputs[b])
-                bar.update(task, description=f"batch {b}")
-                samples[b] = _time_rounds(
-                    sessions, inputs[b], runs, max_seconds, lambda n: bar.advance(task, n)
-                )
+        total = runs * len(batch_sizes)
+        done = 0
+        for b in batch_sizes:
+            # Warm up right before timing, so every session's buffers for this shape are hot.
+            for session in sessions:
+                for _ in range(warmup):
+                    session.run(inputs[b])
+
+            def advance(rounds: int, batch: int = b) -> None:
+                nonlocal done
+                done += rounds
+                if on_progress is not None:
+                    on_progress(BenchProgress(batch, done, total))
+
+            samples[b] = _time_rounds(sessions, inputs[b], runs, max_seconds, advance)
         results = [
             ArtifactBench(
                 name=a.name,
@@ -335,61 +350,3 @@ def bench(
         peak_rss_mb=_peak_rss_mb(),
         seconds=time.perf_counter() - began,
     )
-
-
-def _ms(value: float) -> str:
-    """Short fixed precision for narrow tables: 0.057, 1.21, 12.3, 528."""
-    digits = 3 if value < 1 else 2 if value < 10 else 1 if value < 100 else 0
-    return f"{value:.{digits}f}"
-
-
-def render(report: BenchReport, baseline: str | None = None) -> Group:
-    """Two tables: latency per artifact and batch size, then each artifact's setup.
-
-    ``baseline`` names the artifact the ratio column divides by (default: the first one);
-    the ratio is baseline p50 / row p50, so above 1 means faster than the baseline.
-    The caption holds the conditions (hardware, threads, load average).
-    """
-    base = baseline or report.results[0].name
-    latency = Table(
-        title=f"latency per Session.run in ms; × {base} = {base} p50 / p50 (>1: faster)"
-    )
-    headers = ("artifact", "batch", "p50", "p90", "p99", "min–max", "samples/s")
-    for header in (*headers, f"× {base}"):
-        latency.add_column(header, justify="left" if header == "artifact" else "right")
-    for b in report.batch_sizes:
-        ratios = report.speedups(base, b)
-        for result in report.results:
-            s = result.at(b)
-            latency.add_row(
-                result.name,
-                str(b),
-                _ms(s.p50_ms),
-                _ms(s.p90_ms),
-                _ms(s.p99_ms),
-                f"{_ms(s.min_ms)}–{_ms(s.max_ms)}",
-                f"{s.samples_per_s:,.0f}",
-                f"{ratios[result.name]:.2f}×",
-            )
-        latency.add_section()
-    setup = Table()
-    for header in ("artifact", "backend", "threads", "file MB", "load RSS MB"):
-        setup.add_column(header, justify="left" if header in ("artifact", "backend") else "right")
-    for result in report.results:
-        setup.add_row(
-            result.name,
-            result.backend,
-            str(result.threads),
-            f"{result.file_bytes / _MB:.2f}",
-            f"{result.load_rss_mb:.1f}",
-        )
-    fp = report.fingerprint
-    la0 = " ".join(f"{v:.2f}" for v in report.loadavg_start)
-    la1 = " ".join(f"{v:.2f}" for v in report.loadavg_end)
-    setup.caption = (
-        f"{fp.get('cpu')} · {fp.get('usable_cores')}/{fp.get('logical_cores')} cores · "
-        f"isa {','.join(fp.get('isa') or []) or '?'} · gpu {fp.get('gpu') or 'none'} · "
-        f"threads {report.threads} · runs ≤{report.runs}, warm-up {report.warmup} · "
-        f"loadavg {la0} → {la1} · peak RSS {report.peak_rss_mb:.0f} MB · {report.seconds:.1f} s"
-    )
-    return Group(latency, setup)

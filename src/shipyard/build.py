@@ -1,7 +1,8 @@
 """The build: recipe -> source -> passes -> validation -> benchmark -> package.
 
-``build(recipe, output)`` returns a BuildResult and prints nothing unless given ``on_step``;
-the CLI renders the result. A failed step (gate, export, bench) leaves no version folder.
+``build(recipe, output)`` returns a BuildResult and prints nothing; ``on_step`` receives a
+typed :class:`~shipyard.events.StepEvent` after each step, and the CLI renders both.
+A failed step (gate, export, bench) leaves no version folder.
 The pieces (``prepare``, ``validate_artifact``, ``measure``, ``finish_package``) are shared
 with the optimization search in ``optimize.py``.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport, bench, hardware_fingerprint
 from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
+from shipyard.events import Stage, StepCallback, StepEvent
 from shipyard.package import SCHEMA_VERSION, file_hashes, preflight, staging, write_manifest
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
@@ -31,7 +33,6 @@ from shipyard.sources import load_model
 from shipyard.validate import Gates, ValidationReport, validate
 
 _VERSIONED = ("shipyard", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy")
-StepCallback = Callable[[str, float], None]
 
 
 @dataclass
@@ -43,22 +44,23 @@ class BuildResult:
     validation: list[ValidationReport]
     benchmark: BenchReport | None
     seconds: float
-    steps: list[tuple[str, float]] = field(default_factory=list)
+    steps: list[StepEvent] = field(default_factory=list)
 
 
 class Steps:
-    """Times each step and reports it to the caller's callback."""
+    """Times each step and reports it to the caller's callback as a StepEvent."""
 
     def __init__(self, on_step: StepCallback | None) -> None:
         self.on_step = on_step
-        self.done: list[tuple[str, float]] = []
+        self.done: list[StepEvent] = []
         self.started = self.last = time.perf_counter()
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, stage: Stage, message: str) -> None:
         now = time.perf_counter()
-        self.done.append((message, now - self.last))
+        event = StepEvent(stage, message, now - self.last)
+        self.done.append(event)
         if self.on_step is not None:
-            self.on_step(message, now - self.last)
+            self.on_step(event)
         self.last = now
 
     @property
@@ -96,13 +98,13 @@ def prepare(
         weights=weights,
         name="torch",
     )
-    steps(f"loaded {recipe.model.source}")
+    steps(Stage.LOAD, f"loaded {recipe.model.source}")
     sources = recipe.data.model_dump(exclude_none=True)
     data = {
         role: load_data(recipe.resolve(spec), reference.signature) for role, spec in sources.items()
     }
     if data:
-        steps("loaded data: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()))
+        steps(Stage.LOAD, "loaded data: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()))
     return reference, data
 
 
@@ -243,7 +245,10 @@ def run_passes(
         if current.format != "torch":
             produced.append(current)
         place = current.path.name if current.path else "in memory"
-        steps(f"{entry.name}: {current.name} -> {place} ({current.size_bytes / 1e6:.2f} MB)")
+        steps(
+            Stage.PASS,
+            f"{entry.name}: {current.name} -> {place} ({current.size_bytes / 1e6:.2f} MB)",
+        )
     return produced, gates
 
 
@@ -257,7 +262,8 @@ def build(
 ) -> BuildResult:
     """Run ``recipe`` (default: the built-in digits example) and write its package.
 
-    ``on_step(message, seconds)`` is called after each step (the CLI prints these).
+    ``on_step(event)`` is called after each step with a :class:`StepEvent` (stage, message,
+    seconds); the CLI prints these.
     Raises GateError when a validation gate fails; nothing is written then.
     """
     recipe = as_recipe(recipe)
@@ -271,14 +277,14 @@ def build(
         for artifact in produced:
             report = validate_artifact(recipe, reference, artifact, data, gates.get(artifact.name))
             reports.append(report)
-            steps(f"validated {artifact.name}")
+            steps(Stage.VALIDATE, f"validated {artifact.name}")
             if not report.passed:
                 failed = "; ".join(g.describe() for g in report.failures())
                 raise GateError(f"validation of '{artifact.name}' failed: {failed}", report)
         bench_report = None
         if run_bench if run_bench is not None else recipe.bench.enabled:
             bench_report = measure(recipe, [reference, *produced])
-            steps("benchmarked " + ", ".join(a.name for a in [reference, *produced]))
+            steps(Stage.BENCH, "benchmarked " + ", ".join(a.name for a in [reference, *produced]))
         manifest = finish_package(folder, recipe, reference, produced, reports, bench_report)
     package_dir = output / recipe.name / str(recipe.version)
     return BuildResult(

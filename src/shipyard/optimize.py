@@ -20,7 +20,6 @@ from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport
 from shipyard.build import (
     BuildResult,
-    StepCallback,
     Steps,
     as_recipe,
     finish_package,
@@ -30,6 +29,7 @@ from shipyard.build import (
 )
 from shipyard.data import Dataset
 from shipyard.errors import ShipyardError
+from shipyard.events import Stage, StepCallback
 from shipyard.package import staging
 from shipyard.passes.context import PassContext
 from shipyard.passes.export import ExportConfig, export_onnx
@@ -125,7 +125,8 @@ class _Search:
         )
         verdict = "passes" if report.passed else f"fails ({miss(report):.2f} over a gate)"
         self.steps(
-            f"candidate {artifact.name}: {artifact.size_bytes / 1e6:.2f} MB, {accuracy}, {verdict}"
+            Stage.CANDIDATE,
+            f"candidate {artifact.name}: {artifact.size_bytes / 1e6:.2f} MB, {accuracy}, {verdict}",
         )
 
     def variants(self) -> list[tuple[str, float | None]]:
@@ -198,7 +199,7 @@ def optimize(
         artifacts = [c.artifact for c in search.candidates]
         recipe.bench.batch_sizes = sorted({*recipe.bench.batch_sizes, settings.batch_size})
         bench_report = measure(recipe, [reference, *artifacts], max_seconds=remaining / 2)
-        steps(f"benchmarked {len(artifacts)} candidates and the original, interleaved")
+        steps(Stage.BENCH, f"benchmarked {len(artifacts)} candidates and the original, interleaved")
         passing = [c for c in search.candidates if c.report.passed]
         pool = passing or sorted(search.candidates, key=lambda c: miss(c.report))[:1]
         best = min(
@@ -210,7 +211,7 @@ def optimize(
             else f"no candidate passed the gates; kept the closest, {best.name}, which misses "
             f"by {miss(best.report):.2f} (relative overshoot of its worst gate)"
         )
-        steps(verdict)
+        steps(Stage.VERDICT, verdict)
         rows = candidate_rows(
             reference,
             artifacts,

@@ -1,0 +1,13 @@
+"""The ``shipyard`` command (Typer), one module per command family.
+
+- ``build``: build, optimize
+- ``verbs``: export and the one-off pass verbs (prune, finetune, quantize, convert)
+- ``compare``: validate, compare, bench
+- ``serve``: serve, inspect, report
+- ``render``: every table the commands print; ``options``: options they share.
+"""
+
+from shipyard.cli import build, compare, serve, verbs
+from shipyard.cli.app import app, main
+
+__all__ = ["app", "build", "compare", "main", "serve", "verbs"]

@@ -1,0 +1,189 @@
+"""``shipyard validate``, ``compare`` and ``bench``: the same inputs through several artifacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shipyard.cli import render
+from shipyard.cli.app import app, console
+from shipyard.cli.options import (
+    AtolOpt,
+    CosineOpt,
+    DataOpt,
+    InputOpt,
+    JsonOpt,
+    KwargsOpt,
+    RtolOpt,
+    SamplesOpt,
+    Top1Opt,
+    load_artifacts,
+    signature_from,
+)
+from shipyard.errors import InputError
+
+
+@app.command()
+def validate(
+    reference: Annotated[str, typer.Argument(help="Reference model source or package.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate model source or package.")],
+    data: DataOpt = None,
+    input: InputOpt = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Take signature and gates from a recipe.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="state_dict for the reference factory.")
+    ] = None,
+    kwargs: KwargsOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosineOpt = None,
+    min_top1_agreement: Top1Opt = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(help="Gate: max accuracy drop (needs labels).")
+    ] = None,
+    samples: SamplesOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare CANDIDATE with REFERENCE on the same inputs; exit 1 when a gate fails."""
+    from shipyard.data import load_data
+    from shipyard.validate import Gates
+    from shipyard.validate import validate as run_validate
+
+    gates = Gates()
+    if recipe is not None:
+        from shipyard.recipe import load_recipe
+
+        gates = load_recipe(recipe).validate_.gates
+    gates = gates.merged(
+        atol=atol,
+        rtol=rtol,
+        min_cosine=min_cosine,
+        min_top1_agreement=min_top1_agreement,
+        max_accuracy_drop=max_accuracy_drop,
+    )
+    loaded = load_artifacts([reference, candidate], signature_from(input, recipe), weights, kwargs)
+    ref, cand = loaded[0], loaded[-1]
+    dataset = load_data(data, ref.signature) if data else None
+    report = run_validate(ref, cand, dataset, gates, samples=samples)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(render.validation(report))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    artifacts: Annotated[
+        list[str], typer.Argument(help="Reference first, then candidates (sources or packages).")
+    ],
+    data: DataOpt = None,
+    input: InputOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosineOpt = None,
+    min_top1_agreement: Top1Opt = None,
+    samples: SamplesOpt = None,
+    bisect: Annotated[
+        bool,
+        typer.Option("--bisect", help="Two ONNX files: find the first node where they part ways."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the same inputs through every artifact; errors against the first. Exit 1 on a gate."""
+    from shipyard.compare import bisect as run_bisect
+    from shipyard.compare import compare as run_compare
+    from shipyard.data import load_data
+    from shipyard.validate import Gates
+
+    loaded = load_artifacts(artifacts, signature_from(input, None))
+    gates = Gates(
+        atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement
+    )
+    if bisect:
+        if len(loaded) != 2:
+            raise InputError(f"--bisect compares exactly two ONNX files, got {len(loaded)}")
+        dataset = load_data(data, loaded[0].signature) if data else None
+        feeds = dataset.take(samples or 8).inputs if dataset else None
+        result = run_bisect(
+            loaded[0],
+            loaded[1],
+            feeds,
+            atol=atol if atol is not None else 1e-4,
+            rtol=rtol if rtol is not None else 1e-3,
+        )
+        if as_json:
+            first = result.first_divergence
+            summary = {
+                "compared": [asdict(d) for d in result.compared],
+                "skipped": result.skipped,
+                "first_divergence": asdict(first) if first else None,
+            }
+            print(json.dumps(summary, indent=2))
+        else:
+            console.print(render.bisect(result))
+        if result.first_divergence is not None:
+            raise typer.Exit(1)
+        return
+    dataset = load_data(data, loaded[0].signature) if data else None
+    reports = run_compare(loaded, dataset, gates, samples=samples)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        title = f"against {loaded[0].name} ({reports[0].samples} samples)"
+        console.print(render.comparison(reports, title))
+    if not all(r.passed for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[str], typer.Argument(help="Model sources or packages to compare.")],
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
+    threads: Annotated[int, typer.Option(help="Threads per inference.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed runs per artifact and batch size.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 5,
+    max_seconds: Annotated[float | None, typer.Option(help="Time cap per batch size.")] = None,
+    input: InputOpt = None,
+    recipe: Annotated[Path | None, typer.Option(help="Take the signature from a recipe.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure artifacts side by side, interleaved, in one process."""
+    from rich.progress import Progress
+
+    from shipyard.bench import bench as run_bench
+    from shipyard.events import BenchProgress
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError as error:
+        raise InputError(f"--batch-sizes {batch_sizes!r}: expected integers like 1,8") from error
+    loaded = load_artifacts(artifacts, signature_from(input, recipe))
+    with Progress(console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("benchmarking", total=None)
+
+        def on_progress(event: BenchProgress) -> None:
+            bar.update(
+                task, completed=event.done, total=event.total, description=f"batch {event.batch}"
+            )
+
+        report = run_bench(
+            loaded,
+            batch_sizes=sizes,
+            threads=threads,
+            runs=runs,
+            warmup=warmup,
+            max_seconds=max_seconds,
+            on_progress=on_progress,
+        )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(render.bench(report))

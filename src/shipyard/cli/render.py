@@ -1,0 +1,230 @@
+"""Every table and line the CLI shows, as rich renderables; measuring code never prints.
+
+Names (artifacts, outputs, candidates) are never cut: their columns fold long names onto a
+second line instead of ending them with an ellipsis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from shipyard.bench import BenchReport
+from shipyard.validate import ValidationReport
+
+
+def _table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
+    """A table whose ``left`` columns hold names: left-aligned, folded, never truncated."""
+    table = Table(title=title)
+    for column in columns:
+        if column in left:
+            table.add_column(column, justify="left", overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    return table
+
+
+def step_line(message: str, seconds: float) -> str:
+    """One finished pipeline step, as console markup."""
+    return f"[green]✓[/] {escape(message)} [dim]({seconds:.1f} s)[/]"
+
+
+def _top1(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def validation(report: ValidationReport) -> Group:
+    """The parity table of one candidate, its accuracy line and every gate's verdict."""
+    table = _table(
+        f"{report.candidate} vs {report.reference} ({report.samples} samples)",
+        ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agree", "NaN/Inf"),
+        left=("output",),
+    )
+    for out in report.outputs:
+        table.add_row(
+            escape(out.name),
+            f"{out.max_abs:.3g}",
+            f"{out.mean_abs:.3g}",
+            f"{out.max_rel:.3g}",
+            f"{out.cosine:.6f}",
+            _top1(out.top1_agreement),
+            f"{out.nonfinite_reference}/{out.nonfinite_candidate}",
+        )
+    parts: list[RenderableType] = [table]
+    if report.accuracy_reference is not None and report.accuracy_candidate is not None:
+        drop = report.accuracy_drop or 0.0
+        parts.append(
+            Text(
+                f"accuracy: {report.reference} {report.accuracy_reference:.2%}, "
+                f"{report.candidate} {report.accuracy_candidate:.2%} "
+                f"(drop {drop * 100:+.2f} points)"
+            )
+        )
+    for gate in report.gates:
+        style = "green" if gate.passed else "bold red"
+        parts.append(Text(f"  {gate.describe()}", style=style))
+    return Group(*parts)
+
+
+def comparison(reports: Sequence[ValidationReport], title: str) -> Group:
+    """One row per candidate and output against the reference, then each failed gate."""
+    table = _table(
+        title,
+        (
+            "candidate",
+            "output",
+            "max abs",
+            "mean abs",
+            "max rel",
+            "cosine",
+            "top-1",
+            "NaN/Inf",
+            "accuracy",
+            "gates",
+        ),
+        left=("candidate", "output"),
+    )
+    for report in reports:
+        for out in report.outputs:
+            accuracy = (
+                "—" if report.accuracy_candidate is None else f"{report.accuracy_candidate:.2%}"
+            )
+            verdict = "ok" if report.passed else "[bold red]FAILED[/]"
+            table.add_row(
+                escape(report.candidate),
+                escape(out.name),
+                f"{out.max_abs:.3g}",
+                f"{out.mean_abs:.3g}",
+                f"{out.max_rel:.3g}",
+                f"{out.cosine:.6f}",
+                _top1(out.top1_agreement),
+                f"{out.nonfinite_reference}/{out.nonfinite_candidate}",
+                accuracy,
+                verdict,
+            )
+    parts: list[RenderableType] = [table]
+    for report in reports:
+        for gate in report.failures():
+            parts.append(Text(f"  {report.candidate}: {gate.describe()}", style="bold red"))
+    return Group(*parts)
+
+
+def bisect(result: Any) -> Group:
+    """The run-up to the first tensor where two ONNX graphs part ways."""
+    first = result.first_divergence
+    table = _table(
+        f"intermediate tensors ({len(result.compared)} compared, {result.skipped} not shared)",
+        ("tensor", "node", "op", "max abs", "cosine", ""),
+        left=("tensor", "node", "op"),
+    )
+    stop = result.compared.index(first) + 1 if first else len(result.compared)
+    for diff in result.compared[max(0, stop - 8) : stop]:  # the run-up to the first divergence
+        mark = "ok" if diff.ok else "[bold red]first divergence[/]"
+        table.add_row(
+            escape(diff.tensor),
+            escape(diff.node),
+            diff.op_type,
+            f"{diff.max_abs:.3g}",
+            f"{diff.cosine:.6f}",
+            mark,
+        )
+    if first:
+        line = (
+            f"first divergence: tensor '{first.tensor}' from node '{first.node}' "
+            f"({first.op_type}), max abs {first.max_abs:.3g}"
+        )
+    else:
+        line = "no shared tensor differs beyond the tolerance"
+    return Group(table, Text(line))
+
+
+def candidates(rows: list[dict[str, Any]], batch: str) -> Table:
+    """The optimization search's candidate table (latency at the objective's batch size)."""
+    table = _table(
+        f"candidates (latency at batch {batch}, ms)",
+        ("candidate", "MB", "p50", "p99", "accuracy", "drop", "gates", "Pareto"),
+        left=("candidate",),
+    )
+    for row in rows:
+        stats = row["latency"].get(batch, {})
+        accuracy = "—" if row["accuracy"] is None else f"{row['accuracy']:.2%}"
+        drop = "—" if row["accuracy_drop"] is None else f"{row['accuracy_drop'] * 100:+.2f}"
+        verdict = "baseline" if row["baseline"] else ("pass" if row["passed"] else "FAIL")
+        if row["chosen"]:
+            verdict = f"[bold]{verdict}, chosen[/]"
+        name = f"[bold]{escape(row['name'])}[/]" if row["chosen"] else escape(row["name"])
+        table.add_row(
+            name,
+            f"{row['bytes'] / 1e6:.3f}",
+            f"{stats.get('p50_ms', 0):.3f}",
+            f"{stats.get('p99_ms', 0):.3f}",
+            accuracy,
+            drop,
+            verdict,
+            "✓" if row.get("pareto") else "",
+        )
+    return table
+
+
+def _ms(value: float) -> str:
+    """Short fixed precision for narrow tables: 0.057, 1.21, 12.3, 528."""
+    digits = 3 if value < 1 else 2 if value < 10 else 1 if value < 100 else 0
+    return f"{value:.{digits}f}"
+
+
+def bench(report: BenchReport, baseline: str | None = None) -> Group:
+    """Two tables: latency per artifact and batch size, then each artifact's setup.
+
+    ``baseline`` names the artifact the ratio column divides by (default: the first one);
+    the ratio is baseline p50 / row p50, so above 1 means faster than the baseline.
+    The caption holds the conditions (hardware, threads, load average).
+    """
+    base = baseline or report.results[0].name
+    latency = _table(
+        f"latency per Session.run in ms; × {base} = {base} p50 / p50 (>1: faster)",
+        ("artifact", "batch", "p50", "p90", "p99", "min–max", "samples/s", f"× {base}"),
+        left=("artifact",),
+    )
+    for b in report.batch_sizes:
+        ratios = report.speedups(base, b)
+        for result in report.results:
+            s = result.at(b)
+            latency.add_row(
+                escape(result.name),
+                str(b),
+                _ms(s.p50_ms),
+                _ms(s.p90_ms),
+                _ms(s.p99_ms),
+                f"{_ms(s.min_ms)}–{_ms(s.max_ms)}",
+                f"{s.samples_per_s:,.0f}",
+                f"{ratios[result.name]:.2f}×",
+            )
+        latency.add_section()
+    setup = _table(
+        None,
+        ("artifact", "backend", "threads", "file MB", "load RSS MB"),
+        left=("artifact", "backend"),
+    )
+    for result in report.results:
+        setup.add_row(
+            escape(result.name),
+            result.backend,
+            str(result.threads),
+            f"{result.file_bytes / 2**20:.2f}",
+            f"{result.load_rss_mb:.1f}",
+        )
+    fp = report.fingerprint
+    la0 = " ".join(f"{v:.2f}" for v in report.loadavg_start)
+    la1 = " ".join(f"{v:.2f}" for v in report.loadavg_end)
+    setup.caption = (
+        f"{fp.get('cpu')} · {fp.get('usable_cores')}/{fp.get('logical_cores')} cores · "
+        f"isa {','.join(fp.get('isa') or []) or '?'} · gpu {fp.get('gpu') or 'none'} · "
+        f"threads {report.threads} · runs ≤{report.runs}, warm-up {report.warmup} · "
+        f"loadavg {la0} → {la1} · peak RSS {report.peak_rss_mb:.0f} MB · {report.seconds:.1f} s"
+    )
+    return Group(latency, setup)

@@ -1,0 +1,105 @@
+"""``shipyard serve``, ``inspect`` and ``report``: what is done with a finished package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from shipyard.cli.app import app, console
+from shipyard.errors import InputError
+
+
+@app.command()
+def serve(
+    repository: Annotated[Path, typer.Argument(help="Folder of <model>/<version>/ packages.")],
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHIPYARD_SERVE_TOKEN",
+            show_default=False,
+            help="Bearer token for inference, metadata and /metrics (env SHIPYARD_SERVE_TOKEN).",
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHIPYARD_SERVE_ADMIN_TOKEN",
+            show_default=False,
+            help="Bearer token for /v2/repository (default: --token).",
+        ),
+    ] = None,
+    watch: Annotated[
+        float | None, typer.Option(help="Poll the repository every SECONDS and load new versions.")
+    ] = None,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest request body accepted (413 above).")
+    ] = 64.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Also serve V2 over gRPC on this port (Triton uses 8001).")
+    ] = None,
+) -> None:
+    """Serve a model repository over the Open Inference Protocol v2 (KServe / Triton HTTP)."""
+    from shipyard.serve import run_server
+
+    # Tokens come from the environment by default: command lines are visible to local users.
+    run_server(
+        repository,
+        host,
+        port,
+        auth_token=token,
+        admin_token=admin_token,
+        watch_seconds=watch,
+        max_body_bytes=int(max_body_mb * 2**20),
+        log_level=log_level,
+        grpc_port=grpc_port,
+    )
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A package folder or an .onnx file.")],
+) -> None:
+    """Show a package's artifacts and signature, or an ONNX file's signature."""
+    from shipyard.package import is_package, load_package
+    from shipyard.sources import onnx_signature
+
+    if path.is_dir() and is_package(path):
+        package = load_package(path)
+        console.print(f"[bold]{package.name}[/] version {package.version} — {package.path}")
+        signature = package.signature
+        for artifact in package.artifacts:
+            size = artifact.size_bytes / 1e6
+            console.print(f"  {artifact.name}: {artifact.path} ({size:.2f} MB)", markup=False)
+    elif path.suffix == ".onnx" and path.is_file():
+        signature = onnx_signature(path)
+    else:
+        raise InputError(f"{path} is neither a package folder nor an .onnx file")
+    for spec in signature.inputs:
+        console.print(f"  input  {spec.describe()}", highlight=False, markup=False)
+    for spec in signature.outputs:
+        console.print(f"  output {spec.describe()}", highlight=False, markup=False)
+
+
+@app.command()
+def report(
+    package: Annotated[Path, typer.Argument(help="A package folder (OUT/<model>/<version>).")],
+) -> None:
+    """Write report.md, report.html and the plots of a package again from its manifest."""
+    from shipyard.package import file_hashes, load_package, write_manifest
+    from shipyard.report import write_report
+
+    loaded = load_package(package)
+    written = write_report(loaded.path, loaded.manifest)
+    # The report files are part of the package: keep the manifest's hashes true.
+    loaded.manifest["files"] = file_hashes(loaded.path)
+    write_manifest(loaded.path, loaded.manifest)
+    for path in written:
+        console.print(f"[green]✓[/] {escape(str(path))}", highlight=False)
