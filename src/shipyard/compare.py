@@ -41,6 +41,7 @@ def compare(
         raise InputError(f"artifact names must differ to tell them apart: {names}")
     gates = gates or Gates()
     reference = artifacts[0]
+    random_inputs = data is None
     if data is None:
         data = Dataset(reference.signature.example_inputs(batch=samples or 64, seed=seed))
     data = data.take(samples)
@@ -48,9 +49,9 @@ def compare(
     reports = []
     for candidate in artifacts[1:]:
         out = run_all(candidate, data, batch_size, threads)
-        reports.append(
-            build_report(reference.name, candidate.name, ref_out, out, data.labels, gates)
-        )
+        report = build_report(reference.name, candidate.name, ref_out, out, data.labels, gates)
+        report.random_inputs = random_inputs
+        reports.append(report)
     return reports
 
 

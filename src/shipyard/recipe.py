@@ -28,6 +28,7 @@ from shipyard.passes import PASSES
 from shipyard.passes.export import ExportConfig
 from shipyard.passes.finetune import FinetuneConfig
 from shipyard.passes.quantize import PRESETS
+from shipyard.problems import location, message
 from shipyard.serve.config import ServingConfig
 from shipyard.signature import Signature
 from shipyard.validate import Gates
@@ -240,15 +241,10 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = No
         problems = []
         for item in error.errors():
             loc = tuple(item["loc"])
-            where = ".".join(str(p) for p in loc) or "recipe"
+            where = location(loc) or "recipe"
             line = _nearest_line(lines, loc)
-            message = item["msg"]
-            if item["type"] == "extra_forbidden":
-                message = "unknown key (check its spelling and indentation)"
-            elif item["type"] == "missing":
-                message = "required field is missing"
             prefix = f"{source}:{line}" if line else source
-            problems.append(f"{prefix}: {where}: {message}")
+            problems.append(f"{prefix}: {where}: {message(item)}")
         raise RecipeError("; ".join(problems)) from error
     return recipe
 

@@ -78,6 +78,9 @@ class ValidationReport:
     accuracy_reference: float | None = None
     accuracy_candidate: float | None = None
     gates: list[GateResult] = field(default_factory=list)
+    # True when no data was given and the inputs were seeded random arrays from the signature:
+    # parity on them says little about real inputs (an int8 model can look far worse or better)
+    random_inputs: bool = False
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -236,13 +239,18 @@ def validate(
     ``task="classification"`` the first output's argmax gives each artifact's accuracy.
     """
     gates = gates or Gates()
+    random_inputs = data is None
     if data is None:
         count = samples or 64
         data = Dataset(reference.signature.example_inputs(batch=count, seed=seed))
     data = data.take(samples)
     ref_out = run_all(reference, data, batch_size, threads)
     cand_out = run_all(candidate, data, batch_size, threads)
-    return build_report(reference.name, candidate.name, ref_out, cand_out, data.labels, gates, task)
+    report = build_report(
+        reference.name, candidate.name, ref_out, cand_out, data.labels, gates, task
+    )
+    report.random_inputs = random_inputs
+    return report
 
 
 def build_report(

@@ -137,7 +137,7 @@ def compare(
     if as_json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
-        title = f"against {loaded[0].name} ({reports[0].samples} samples)"
+        title = f"against {loaded[0].name} ({render.samples(reports[0])})"
         console.print(render.comparison(reports, title))
     if not all(r.passed for r in reports):
         raise typer.Exit(1)

@@ -21,7 +21,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 DataOpt = Annotated[str | None, typer.Option(help="pkg.module:function, .npz or .npy.")]
 InputOpt = Annotated[
     list[str] | None,
-    typer.Option("--input", "-i", help="NAME:DTYPE[DIMS] for torch sources, once per input."),
+    typer.Option(
+        "--input",
+        "-i",
+        metavar="NAME:DTYPE[DIMS]",
+        help="An input of a torch source, e.g. x:float32[batch,3,224,224]; once per input.",
+    ),
 ]
 AtolOpt = Annotated[float | None, typer.Option(help="Gate: max absolute error.")]
 RtolOpt = Annotated[float | None, typer.Option(help="Gate: relative tolerance.")]
@@ -31,6 +36,7 @@ SamplesOpt = Annotated[int | None, typer.Option(help="Use at most this many samp
 WeightsOpt = Annotated[
     Path | None, typer.Option(help="state_dict (.safetensors or .pt) for a factory.")
 ]
+RecipeOpt = Annotated[Path | None, typer.Option(help="Take the signature from a recipe.")]
 KwargsOpt = Annotated[str | None, typer.Option(help="JSON kwargs for the factory.")]
 
 _INPUT_SPEC = re.compile(r"^([A-Za-z_][\w.:-]*):(\w+)\[([^\]]*)\]$")

@@ -38,10 +38,17 @@ def _top1(value: float | None) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
+def samples(report: ValidationReport) -> str:
+    """``450 samples``, or a warning that the inputs were random and what that means."""
+    if report.random_inputs:
+        return f"{report.samples} random inputs, no data given: parity only, not accuracy"
+    return f"{report.samples} samples"
+
+
 def validation(report: ValidationReport) -> Group:
     """The parity table of one candidate, its accuracy line and every gate's verdict."""
     table = _table(
-        f"{report.candidate} vs {report.reference} ({report.samples} samples)",
+        f"{report.candidate} vs {report.reference} ({samples(report)})",
         ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agree", "NaN/Inf"),
         left=("output",),
     )
