@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import PackageError
-from shipyard.package import check_writable, load_package, staging, write_manifest
+from shipyard.package import check_writable, load_package, preflight, staging, write_manifest
 
 
 def test_staging_renames_into_place_only_on_success(tmp_path: Path) -> None:
@@ -104,3 +104,26 @@ def test_package_is_readable_by_other_users(tmp_path: Path) -> None:
     assert version.stat().st_mode & 0o777 == 0o755
     assert (version / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (version / "sub").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_failed_build_leaves_no_folder_it_created(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "repo"
+    with pytest.raises(RuntimeError, match="boom"), staging(out, "m", 1) as folder:
+        (folder / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []  # neither repo/m nor repo nor new
+
+
+def test_a_failed_build_keeps_folders_that_were_there(tmp_path: Path) -> None:
+    with staging(tmp_path, "m", 1) as folder:
+        (folder / "a").write_text("v1")
+    with pytest.raises(RuntimeError), staging(tmp_path, "m", 2):
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+
+
+def test_an_existing_version_says_how_to_go_on(tmp_path: Path) -> None:
+    with staging(tmp_path, "m", 1) as folder:
+        (folder / "a").write_text("v1")
+    with pytest.raises(PackageError, match=r"--overwrite \(Python: overwrite=True\).*--version N"):
+        preflight(tmp_path, "m", 1)

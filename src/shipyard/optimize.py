@@ -26,6 +26,7 @@ from shipyard.build import (
     measure,
     prepare,
     relocate,
+    validate_artifact,
 )
 from shipyard.data import Dataset
 from shipyard.errors import ShipyardError
@@ -36,9 +37,11 @@ from shipyard.passes.export import ExportConfig, export_onnx
 from shipyard.passes.finetune import run_finetune
 from shipyard.passes.prune import PruneConfig, run_prune
 from shipyard.passes.quantize import PRESETS, QuantizeConfig, quantize_onnx
-from shipyard.recipe import OptimizeSettings, Recipe
+from shipyard.recipe import Objective, OptimizeSettings, Recipe
 from shipyard.report import candidate_rows
-from shipyard.validate import Gates, ValidationReport, validate
+from shipyard.validate import Gates, ValidationReport
+
+BUDGET_SPENT = "budget spent"
 
 
 @dataclass
@@ -53,24 +56,26 @@ class Candidate:
 
 def miss(report: ValidationReport) -> float:
     """How far a candidate is from passing: the largest relative gate overshoot (0 = passes)."""
-    worst = 0.0
-    for gate in report.failures():
-        if gate.value is None:
-            return float("inf")
-        if gate.gate.startswith("min_"):
-            overshoot = gate.limit - gate.value
-        else:
-            overshoot = gate.value - gate.limit
-        worst = max(worst, overshoot / max(abs(gate.limit), 1e-9))
-    return worst
+    return max((gate.overshoot() for gate in report.failures()), default=0.0)
 
 
-def score(candidate: Candidate, bench: BenchReport, objective: str, batch: int) -> float:
+def score(candidate: Candidate, bench: BenchReport, objective: Objective, batch: int) -> float:
     """Lower is better for every objective."""
     if objective == "size":
         return float(candidate.artifact.size_bytes)
     stats = bench.get(candidate.name).at(batch)
-    return stats.p50_ms if objective == "latency" else -stats.samples_per_s
+    if objective == "latency":
+        return stats.p50_ms
+    if objective == "throughput":
+        return -stats.samples_per_s
+    raise ValueError(f"unknown objective {objective!r}")  # unreachable: the schema checks it
+
+
+def plan_size(settings: OptimizeSettings, has_train: bool) -> int:
+    """How many candidates a search plans: each torch variant (the model, and each pruning
+    level when there is training data to fine-tune with), exported, then each preset of it."""
+    variants = 1 + (len(settings.prune_levels) if has_train else 0)
+    return variants * (1 + len(settings.quantize))
 
 
 class _Search:
@@ -92,6 +97,9 @@ class _Search:
         self.deadline = time.monotonic() + settings.budget
         self.candidates: list[Candidate] = []
         self.skipped: list[str] = []
+        self.skipped_for_budget = 0
+        self.plan = self.variants()
+        self.planned = plan_size(settings, "train" in data)
         self.context = PassContext(workdir=self.work, reference=reference, data=data)
 
     def out_of_time(self) -> bool:
@@ -107,16 +115,7 @@ class _Search:
         return Gates(min_cosine=0.99)
 
     def evaluate(self, artifact: Artifact) -> None:
-        settings = self.recipe.validate_
-        report = validate(
-            self.reference,
-            artifact,
-            self.data.get("validation"),
-            self.gates,
-            samples=settings.samples,
-            batch_size=settings.batch_size,
-            task=self.recipe.task,
-        )
+        report = validate_artifact(self.recipe, self.reference, artifact, self.data, self.gates)
         self.candidates.append(Candidate(artifact, report))
         accuracy = (
             f"accuracy {report.accuracy_candidate:.2%} (drop {report.accuracy_drop * 100:+.2f})"
@@ -134,7 +133,7 @@ class _Search:
         if "train" in self.data:
             levels = list(self.settings.prune_levels)
         elif self.settings.prune_levels:
-            self.skipped.append("structured pruning (no 'data: train:' to fine-tune with)")
+            self.skip("structured pruning", "no 'data: train:' to fine-tune with")
         return [("", None), *[(f"pruned{round(level * 100)}-", level) for level in levels]]
 
     def torch_variant(self, level: float | None) -> Artifact:
@@ -145,11 +144,18 @@ class _Search:
         )
         return run_finetune(pruned, self.settings.finetune, self.context)
 
+    def skip(self, what: str, why: str, count: int = 1) -> None:
+        self.skipped.append(f"{what} ({why})")
+        if why == BUDGET_SPENT:
+            self.skipped_for_budget += count
+
     def run(self) -> None:
+        """Evaluate every planned candidate the budget allows. The first (the model exported
+        as it is) is always evaluated: the package needs at least one artifact."""
         calibration = self.data.get("calibration") or self.data.get("train")
-        for prefix, level in self.variants():
-            if self.out_of_time():
-                self.skipped.append(f"{prefix or 'unpruned-'}* (budget spent)")
+        for prefix, level in self.plan:
+            if level is not None and self.out_of_time():
+                self.skip(f"{prefix}*", BUDGET_SPENT, 1 + len(self.settings.quantize))
                 continue
             variant = self.torch_variant(level)
             fp32 = export_onnx(
@@ -159,11 +165,11 @@ class _Search:
             for preset in self.settings.quantize:
                 name = f"{prefix}{preset}"
                 if self.out_of_time():
-                    self.skipped.append(f"{name} (budget spent)")
+                    self.skip(name, BUDGET_SPENT)
                     continue
                 config: QuantizeConfig = PRESETS[preset]()
                 if config.mode == "static" and calibration is None:
-                    self.skipped.append(f"{name} (no calibration data)")
+                    self.skip(name, "no calibration data")
                     continue
                 config = config.model_copy(update={"name": name})
                 self.evaluate(quantize_onnx(fp32, self.work / f"{name}.onnx", config, calibration))
@@ -192,7 +198,7 @@ def optimize(
         try:
             search.run()
         except KeyboardInterrupt:
-            search.skipped.append("the rest (interrupted)")
+            search.skip("the rest", "interrupted")
         if not search.candidates:
             raise ShipyardError("the search evaluated no candidate; raise --budget")
         remaining = max(search.deadline - time.monotonic(), 10.0)
@@ -237,9 +243,11 @@ def optimize(
                 "batch_size": settings.batch_size,
                 "budget_s": settings.budget,
                 "seconds": round(steps.elapsed, 1),
+                "planned": search.planned,
                 "evaluated": len(search.candidates),
                 "passed": len(passing),
                 "skipped": search.skipped,
+                "skipped_for_budget": search.skipped_for_budget,
                 "chosen": best.name,
                 "gates": search.gates.model_dump(exclude_none=True),
                 "verdict": verdict,

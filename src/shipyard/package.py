@@ -25,19 +25,24 @@ SCHEMA_VERSION = 1
 
 
 def check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed; raise PackageError when it cannot be written."""
+    """Raise PackageError unless ``folder`` is (or can be created as) a writable folder.
+
+    Creates nothing: a build checks this before its slow work, and a build that then fails
+    must not leave empty folders behind.
+    """
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PackageError(f"cannot create output folder {folder}: {existing} is not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PackageError(f"cannot create output folder {folder}: {error.strerror}") from error
-    if not folder.is_dir():
-        raise PackageError(f"output path {folder} exists and is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise PackageError(
-            f"output folder {folder} is not writable ({error.strerror}); choose another "
+            f"output folder {existing} is not writable ({error.strerror}); choose another "
             f"with --output or fix its permissions"
         ) from error
 
@@ -48,13 +53,24 @@ def preflight(output: Path, name: str, version: int, overwrite: bool = False) ->
     Builds call this before any slow work, so a bad output folder fails in a second.
     """
     model_dir = Path(output) / name
-    check_writable(model_dir)
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise PackageError(
-            f"{target} already exists; bump 'version' in the recipe or pass --overwrite"
+            f"{target} already exists: replace it with --overwrite (Python: overwrite=True), "
+            f"or write another version with --version N (recipe: version: N)"
         )
+    check_writable(model_dir)
     return target
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
 
 
 @contextlib.contextmanager
@@ -66,9 +82,22 @@ def staging(output: Path, name: str, version: int, overwrite: bool = False) -> I
     """
     target = preflight(output, name, version, overwrite)
     model_dir = target.parent
+    created = _missing_parents(model_dir)
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PackageError(f"cannot create output folder {model_dir}: {error.strerror}") from error
     stage = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
-        yield stage
+        try:
+            yield stage
+        except BaseException:
+            # A failed build leaves nothing behind, not even the folders it created.
+            shutil.rmtree(stage, ignore_errors=True)
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty: another version may have appeared
+            raise
         # mkdtemp makes 0700 folders; files inside may come from exporters with their own modes.
         os.chmod(stage, 0o755)
         for path in stage.rglob("*"):

@@ -115,23 +115,33 @@ class PassStep(_PassStepBase):  # type: ignore[misc,valid-type]
         return self
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)\s*$")
 
 
 def parse_duration(value: str | float) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"10m"`` or ``"1.5h"``."""
+    """Seconds from a YAML number (``90``: seconds) or a string with its unit (``"90s"``,
+    ``"10m"``, ``"1.5h"``). A string without a unit is refused: ``--budget 2`` could mean
+    two seconds or two minutes, and guessing wrong wastes a search."""
     if isinstance(value, (int, float)):
         return float(value)
     match = _DURATION.match(value)
     if not match:
-        raise ValueError(f"duration {value!r}: use seconds or a number with s, m or h ('10m')")
-    return float(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2] or "s"]
+        if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", value):
+            raise ValueError(
+                f"duration {value!r} has no unit: write {value.strip()}s, {value.strip()}m "
+                f"or {value.strip()}h"
+            )
+        raise ValueError(f"duration {value!r}: use a number with s, m or h, e.g. 90s or 10m")
+    return float(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+Objective = Literal["latency", "size", "throughput"]
 
 
 class OptimizeSettings(_Strict):
     """``optimize: auto`` or ``{objective: latency, batch_size: 8, budget: 10m, ...}``."""
 
-    objective: Literal["latency", "size", "throughput"] = "latency"
+    objective: Objective = "latency"
     batch_size: int = Field(default=8, ge=1)
     budget: float = Field(default=600.0, gt=0)  # seconds; "10m" accepted
     prune_levels: list[float] = Field(default_factory=lambda: [0.75, 0.5])  # MACs kept

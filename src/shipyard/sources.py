@@ -42,6 +42,8 @@ def load_model(
 
     A torch source needs ``signature`` (at least its inputs); missing outputs are inferred
     by running the model once. An ONNX file's signature is read from the graph when omitted.
+    ``name`` labels the artifact in tables (default: the file's stem, ``net.int8`` for
+    ``net.int8.onnx``; ``torch`` for a factory).
     """
     if is_reference(source):
         module = _from_factory(source, dict(kwargs or {}))
@@ -54,27 +56,27 @@ def load_model(
             f"model source '{source}' is neither an existing file nor 'pkg.module:factory'"
         )
     if path.suffix == ".onnx":
-        return Artifact(name or "onnx", "onnx", signature or onnx_signature(path), path=path)
+        return Artifact(name or path.stem, "onnx", signature or onnx_signature(path), path=path)
     if path.suffix == ".tflite":
         from shipyard.runtimes.litert import tflite_signature
 
         return Artifact(
-            name or "tflite", "tflite", adopt_names(tflite_signature(path), signature), path=path
+            name or path.stem, "tflite", adopt_names(tflite_signature(path), signature), path=path
         )
     if path.suffix == ".xml":
         from shipyard.runtimes.openvino import ir_signature
 
         return Artifact(
-            name or "openvino", "openvino", adopt_names(ir_signature(path), signature), path=path
+            name or path.stem, "openvino", adopt_names(ir_signature(path), signature), path=path
         )
     if path.suffix == ".pt2":
         try:
             program = torch.export.load(str(path))
         except Exception as error:
             raise SourceError(f"cannot load torch.export program {path}: {error}") from error
-        return torch_artifact(program.module(), signature, name or "torch", source, path)
+        return torch_artifact(program.module(), signature, name or path.stem, source, path)
     if path.suffix in (".pt", ".pth", ".ts", ".jit") and _is_torchscript(path):
-        return torch_artifact(torch.jit.load(str(path)), signature, name or "torch", source, path)
+        return torch_artifact(torch.jit.load(str(path)), signature, name or path.stem, source, path)
     if path.suffix in (".pt", ".pth", ".bin", ".safetensors"):
         raise SourceError(
             f"{path} holds weights, not an architecture: give the architecture as "

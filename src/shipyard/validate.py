@@ -9,7 +9,7 @@ of both and the drop. Gates turn those numbers into pass/fail.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,11 +56,25 @@ class OutputComparison:
 
 @dataclass
 class GateResult:
+    """One gate's verdict. ``bound`` says which side of ``limit`` passes: ``"min"`` gates
+    (``min_cosine``, ``min_top1_agreement``) need value >= limit, ``"max"`` gates the rest."""
+
     gate: str
     limit: float
     value: float | None
     passed: bool
     output: str | None = None
+    bound: Literal["min", "max"] = "max"
+
+    def overshoot(self) -> float:
+        """How far the value is on the wrong side of the limit, relative to the limit (0 when
+        it passes; infinite when it could not be measured)."""
+        if self.passed:
+            return 0.0
+        if self.value is None:
+            return float("inf")
+        gap = self.limit - self.value if self.bound == "min" else self.value - self.limit
+        return max(gap, 0.0) / max(abs(self.limit), 1e-9)
 
     def describe(self) -> str:
         where = f" [{self.output}]" if self.output else ""
@@ -172,6 +186,7 @@ def _gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
                     out.cosine,
                     out.cosine >= gates.min_cosine,
                     out.name,
+                    bound="min",
                 )
             )
         if gates.min_top1_agreement is not None and out.top1_agreement is not None:
@@ -182,6 +197,7 @@ def _gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
                     out.top1_agreement,
                     out.top1_agreement >= gates.min_top1_agreement,
                     out.name,
+                    bound="min",
                 )
             )
     if gates.max_accuracy_drop is not None:

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from shipyard.cli import render
 from shipyard.cli.app import app, console
-from shipyard.cli.options import JsonOpt, OutputOpt, OverwriteOpt, RecipeArg
+from shipyard.cli.options import JsonOpt, OutputOpt, OverwriteOpt, RecipeArg, VersionOpt
 from shipyard.errors import GateError, InputError
 from shipyard.events import Stage, StepEvent
 
@@ -20,6 +20,7 @@ from shipyard.events import Stage, StepEvent
 def build(
     recipe: RecipeArg = None,
     output: OutputOpt = Path("out"),
+    version: VersionOpt = None,
     overwrite: OverwriteOpt = False,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the benchmark step.")] = False,
     no_finetune: Annotated[
@@ -32,7 +33,7 @@ def build(
     from shipyard.build import build as run_build
     from shipyard.optimize import optimize as run_optimize
 
-    loaded = as_recipe(recipe)
+    loaded = with_version(as_recipe(recipe), version)
     if no_finetune:  # the user accepts the accuracy loss of pruning without retraining
         for step in loaded.passes:
             if step.name == "prune":
@@ -67,7 +68,10 @@ def _on_step(quiet: bool) -> Any:
 def optimize(
     recipe: RecipeArg = None,
     output: OutputOpt = Path("out"),
-    budget: Annotated[str | None, typer.Option(help="Time budget: 90s, 10m, 1h.")] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Time budget with its unit: 90s, 10m, 1h (default: the recipe's, 10m)."),
+    ] = None,
     objective: Annotated[str | None, typer.Option(help="latency, size or throughput.")] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Batch size the objective is measured at.")
@@ -75,15 +79,24 @@ def optimize(
     no_prune: Annotated[
         bool, typer.Option("--no-prune", help="Skip structured-pruning candidates.")
     ] = False,
+    version: VersionOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search prune/quantize candidates, measured here; package the best that passes the gates."""
+    """Search prune/quantize candidates, measured here; package the best that passes the gates.
+
+    Exit 0 when the chosen candidate passed its gates, 1 when none did (the closest is
+    packaged and the table says by how much it missed).
+    """
+    from pydantic import ValidationError
+
     from shipyard.build import as_recipe
     from shipyard.optimize import optimize as run_optimize
+    from shipyard.optimize import plan_size
+    from shipyard.problems import describe
     from shipyard.recipe import OptimizeSettings
 
-    loaded = as_recipe(recipe)
+    loaded = with_version(as_recipe(recipe), version)
     values = (loaded.optimize or OptimizeSettings()).model_dump()
     overrides = {"budget": budget, "objective": objective, "batch_size": batch_size}
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -91,13 +104,10 @@ def optimize(
         values["prune_levels"] = []
     try:
         settings = OptimizeSettings.model_validate(values)
-    except ValueError as error:  # pydantic's message names the option
-        raise InputError(" ".join(str(error).split())) from error
+    except ValidationError as error:
+        raise InputError(describe(error, name=_option_of)) from error
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    # Planned candidates: each torch variant exported, then each quantization preset of it.
-    variants = 1 + (len(settings.prune_levels) if loaded.data.train else 0)
-    planned = variants * (1 + len(settings.quantize))
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -106,7 +116,8 @@ def optimize(
         TextColumn(f"budget {settings.budget:.0f} s"),
     )
     with Progress(*columns, console=console, transient=True, disable=as_json) as progress:
-        task = progress.add_task("candidates", total=planned)
+        total = plan_size(settings, loaded.data.train is not None)
+        task = progress.add_task("candidates", total=total)
 
         def on_step(event: StepEvent) -> None:
             if event.stage is Stage.CANDIDATE:
@@ -120,8 +131,26 @@ def optimize(
             loaded, output, settings=settings, overwrite=overwrite, on_step=on_step
         )
     print_result(result, as_json)
-    if result.manifest["search"]["passed"] == 0:  # packaged the closest, but say it failed
+    search = result.manifest["search"]
+    if not as_json:
+        console.print(render.search_outcome(search), highlight=False)
+    if search["passed"] == 0:  # packaged the closest, but say it failed
         raise typer.Exit(1)
+
+
+def _option_of(loc: tuple[Any, ...]) -> str:
+    """An OptimizeSettings field as the option that sets it: ``budget`` -> ``--budget``."""
+    field = str(loc[0]) if loc else ""
+    return f"--{field.replace('_', '-')}" if field else "optimize"
+
+
+def with_version(recipe: Any, version: int | None) -> Any:
+    """The recipe with ``version`` replaced (``--version``), checked like the recipe's own."""
+    if version is None:
+        return recipe
+    if version < 1:
+        raise InputError(f"--version {version}: versions are integers >= 1")
+    return recipe.model_copy(update={"version": version})
 
 
 def print_result(result: Any, as_json: bool) -> None:

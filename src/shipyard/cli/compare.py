@@ -22,6 +22,7 @@ from shipyard.cli.options import (
     SamplesOpt,
     Top1Opt,
     load_artifacts,
+    package_data,
     signature_from,
 )
 from shipyard.errors import InputError
@@ -67,8 +68,10 @@ def validate(
         min_top1_agreement=min_top1_agreement,
         max_accuracy_drop=max_accuracy_drop,
     )
-    loaded = load_artifacts([reference, candidate], signature_from(input, recipe), weights, kwargs)
+    specs = [reference, candidate]
+    loaded = load_artifacts(specs, signature_from(input, recipe), weights, kwargs)
     ref, cand = loaded[0], loaded[-1]
+    data = data or package_data(specs)
     dataset = load_data(data, ref.signature) if data else None
     report = run_validate(ref, cand, dataset, gates, samples=samples)
     if as_json:
@@ -132,13 +135,22 @@ def compare(
         if result.first_divergence is not None:
             raise typer.Exit(1)
         return
+    data = data or package_data(artifacts)
     dataset = load_data(data, loaded[0].signature) if data else None
     reports = run_compare(loaded, dataset, gates, samples=samples)
     if as_json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
-        title = f"against {loaded[0].name} ({render.samples(reports[0])})"
+        where = f"on {data}" if data else "no --data"
+        title = f"against {loaded[0].name} ({render.samples(reports[0])}; {where})"
         console.print(render.comparison(reports, title))
+        if gates == Gates():
+            console.print(
+                "no gates set, so only NaN/Inf is judged: add --atol, --min-cosine or "
+                "--min-top1-agreement (and --data with labels for accuracy)",
+                style="yellow",
+                highlight=False,
+            )
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from shipyard.errors import InputError
+from shipyard.problems import describe
 from shipyard.signature import Signature, TensorSpec
 
 RecipeArg = Annotated[
@@ -17,6 +19,10 @@ RecipeArg = Annotated[
 ]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Model repository to write into.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing version.")]
+VersionOpt = Annotated[
+    int | None,
+    typer.Option("--version", help="Package version to write (default: the recipe's version)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 DataOpt = Annotated[str | None, typer.Option(help="pkg.module:function, .npz or .npy.")]
 InputOpt = Annotated[
@@ -52,8 +58,8 @@ def parse_input_spec(text: str) -> TensorSpec:
     dims = tuple(int(d) if d.isdigit() else d for d in match[3].split(",") if d)
     try:
         return TensorSpec(name=match[1], dtype=match[2], shape=dims)
-    except ValueError as error:
-        raise InputError(f"--input {text!r}: {error}") from error
+    except ValidationError as error:
+        raise InputError(describe(error, f"--input {text!r}: ")) from error
 
 
 def signature_from(inputs: list[str] | None, recipe: Path | None) -> Signature | None:
@@ -67,6 +73,55 @@ def signature_from(inputs: list[str] | None, recipe: Path | None) -> Signature |
     return None
 
 
+_LABEL = re.compile(r"^([A-Za-z0-9][\w.+-]*)=(.+)$")
+
+
+def split_label(spec: str) -> tuple[str | None, str]:
+    """``int8=out/m.onnx`` -> (``int8``, ``out/m.onnx``); a spec without a label, or an
+    existing path that happens to hold ``=``, -> (None, spec)."""
+    match = _LABEL.match(spec)
+    if match is None or Path(spec).exists():
+        return None, spec
+    return match[1], match[2]
+
+
+def distinct_labels(names: list[str], origins: list[str]) -> list[str]:
+    """``names``, where two are equal each replaced by the shortest tail of its origin path
+    that tells them apart (``a/model.onnx`` and ``b/model.onnx``); the same origin given
+    twice gets ``#1``, ``#2``."""
+    labels = list(names)
+    for name in set(names):
+        group = [i for i, n in enumerate(names) if n == name]
+        if len(group) < 2:
+            continue
+        parts = [Path(origins[i]).parts for i in group]
+        tails = [origins[i] for i in group]
+        for k in range(1, max(len(p) for p in parts) + 1):
+            candidate = ["/".join(p[-k:]) for p in parts]
+            if len(set(candidate)) == len(candidate):
+                tails = candidate
+                break
+        if len(set(tails)) < len(tails):
+            tails = [f"{name}#{n}" for n in range(1, len(group) + 1)]
+        for i, tail in zip(group, tails, strict=True):
+            labels[i] = tail
+    return labels
+
+
+def _borrowed_signature(specs: list[str]) -> Signature | None:
+    """The inputs of the first package or ONNX file among ``specs``, for torch sources."""
+    from shipyard.package import is_package, load_package
+    from shipyard.sources import onnx_signature
+
+    for spec in specs:
+        path = Path(split_label(spec)[1])
+        if path.is_dir() and is_package(path):
+            return Signature(inputs=load_package(path, verify=False).signature.inputs)
+        if path.suffix == ".onnx" and path.is_file():
+            return Signature(inputs=onnx_signature(path).inputs)
+    return None
+
+
 def load_artifacts(
     specs: list[str],
     signature: Signature | None,
@@ -75,24 +130,54 @@ def load_artifacts(
 ) -> list[Any]:
     """Artifacts for each spec: a package folder gives all its artifacts, any model source one.
 
-    A torch source without a signature borrows the inputs of an ONNX file among ``specs``.
+    A spec may carry its label, ``LABEL=PATH``; otherwise files are labelled by their name,
+    packages' artifacts by theirs, and equal labels are told apart by their paths. A torch
+    source without a signature borrows the inputs of a package or ONNX file among ``specs``.
     """
     from shipyard.package import is_package, load_package
-    from shipyard.sources import load_model, onnx_signature
+    from shipyard.sources import load_model
 
     try:
         extra = json.loads(kwargs) if kwargs else {}
     except json.JSONDecodeError as error:
         raise InputError(f"--kwargs is not valid JSON: {error}") from error
     if signature is None:
-        onnx_files = [Path(s) for s in specs if s.endswith(".onnx") and Path(s).is_file()]
-        if onnx_files:
-            signature = Signature(inputs=onnx_signature(onnx_files[0]).inputs)
+        signature = _borrowed_signature(specs)
     loaded: list[Any] = []
+    origins: list[str] = []
     for spec in specs:
-        if Path(spec).is_dir() and is_package(Path(spec)):
-            loaded.extend(load_package(spec).artifacts)
+        label, source = split_label(spec)
+        if Path(source).is_dir() and is_package(Path(source)):
+            artifacts = load_package(source).artifacts
+            for artifact in artifacts:
+                if label is not None:
+                    several = len(artifacts) > 1
+                    artifact.name = f"{label}/{artifact.name}" if several else label
+                loaded.append(artifact)
+                origins.append(f"{source.rstrip('/')}/{artifact.name}")
             continue
-        name = Path(spec).name if Path(spec).exists() else spec.rpartition(":")[2]
-        loaded.append(load_model(spec, signature, kwargs=extra, weights=weights, name=name))
+        name = label or (Path(source).name if Path(source).exists() else source.rpartition(":")[2])
+        loaded.append(load_model(source, signature, kwargs=extra, weights=weights, name=name))
+        origins.append(source)
+    labels = distinct_labels([a.name for a in loaded], origins)
+    for artifact, label in zip(loaded, labels, strict=True):
+        artifact.name = label
     return loaded
+
+
+def package_data(specs: list[str]) -> str | None:
+    """The validation data a package's recipe named (the first package among ``specs`` that
+    has some and where it can still be found), for comparing without ``--data``."""
+    from shipyard.imports import is_reference
+    from shipyard.package import is_package, load_package
+
+    for spec in specs:
+        path = Path(split_label(spec)[1])
+        if not (path.is_dir() and is_package(path)):
+            continue
+        manifest = load_package(path, verify=False).manifest
+        recipe = (manifest.get("provenance") or {}).get("recipe") or {}
+        data = (recipe.get("data") or {}).get("validation")
+        if isinstance(data, str) and (is_reference(data) or Path(data).is_file()):
+            return data
+    return None

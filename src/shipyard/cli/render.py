@@ -102,6 +102,8 @@ def comparison(reports: Sequence[ValidationReport], title: str) -> Group:
                 "—" if report.accuracy_candidate is None else f"{report.accuracy_candidate:.2%}"
             )
             verdict = "ok" if report.passed else "[bold red]FAILED[/]"
+            if report.passed and all(g.gate == "nonfinite" for g in report.gates):
+                verdict = "NaN/Inf ok; no gates"
             table.add_row(
                 escape(report.candidate),
                 escape(out.name),
@@ -235,3 +237,26 @@ def bench(report: BenchReport, baseline: str | None = None) -> Group:
         f"loadavg {la0} → {la1} · peak RSS {report.peak_rss_mb:.0f} MB · {report.seconds:.1f} s"
     )
     return Group(latency, setup)
+
+
+def search_outcome(search: dict[str, Any]) -> str:
+    """What the search covered and what its exit status means, as console markup."""
+    evaluated, planned = search["evaluated"], search.get("planned", search["evaluated"])
+    lines = [f"evaluated {evaluated} of {planned} planned candidates"]
+    budget = search.get("skipped_for_budget", 0)
+    if budget:
+        lines[0] += (
+            f"; [bold yellow]{budget} skipped: the budget of {search['budget_s']:g} s was "
+            f"spent[/] (raise --budget to try them)"
+        )
+    other = [s for s in search.get("skipped", []) if "budget spent" not in s]
+    if other:
+        lines.append("not tried: " + escape("; ".join(other)))
+    if search["passed"]:
+        lines.append(f"exit status 0: {escape(search['chosen'])} passed its gates")
+    else:
+        lines.append(
+            f"[bold red]exit status 1[/]: no candidate passed the gates; "
+            f"{escape(search['chosen'])} (the closest) was packaged"
+        )
+    return "\n".join(lines)
