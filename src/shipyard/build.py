@@ -166,9 +166,13 @@ def finish_package(
     bench_report: BenchReport | None,
     candidates: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
+    default: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write the report and ``shipyard.json`` (hashes last, so they cover the report)."""
-    default = packaged[-1].name if packaged else None
+    """Write the report and ``shipyard.json`` (hashes last, so they cover the report).
+
+    ``default``: (artifact, why) to serve; default :func:`choose_default`'s rule.
+    """
+    chosen, reason = default or choose_default(recipe, packaged, reports, bench_report)
     manifest: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "name": recipe.name,
@@ -177,7 +181,8 @@ def finish_package(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "task": recipe.task,
         "signature": reference.signature.model_dump(mode="json"),
-        "default_artifact": default,
+        "default_artifact": chosen,
+        "default_artifact_reason": reason,
         "artifacts": [_artifact_entry(a, folder) for a in packaged],
         "validation": [r.to_dict() for r in reports],
         "benchmark": bench_report.to_dict() if bench_report else None,
@@ -187,12 +192,51 @@ def finish_package(
         **(extra or {}),
     }
     manifest["candidates"] = candidates or candidate_rows(
-        reference, packaged, reports, bench_report, default
+        reference, packaged, reports, bench_report, chosen
     )
     write_report(folder, manifest)
     manifest["files"] = file_hashes(folder)
     write_manifest(folder, manifest)
     return manifest
+
+
+def check_served_artifact(recipe: Recipe, made: Sequence[Artifact]) -> None:
+    """``serve: artifact:`` must name an artifact this build makes (checked before the
+    slow validation and bench steps)."""
+    named = recipe.serve.artifact
+    names = [a.name for a in made]
+    if named is not None and named not in names:
+        raise RecipeError(
+            f"serve: artifact: {named!r} is not an artifact of this build; it makes {names}"
+        )
+
+
+def choose_default(
+    recipe: Recipe,
+    packaged: Sequence[Artifact],
+    reports: Sequence[ValidationReport],
+    bench_report: BenchReport | None,
+) -> tuple[str | None, str]:
+    """Which artifact a server serves by default, and why, in one stated rule:
+    the one ``serve: artifact:`` names; else the fastest (p50 at the smallest batch size
+    benchmarked, on this machine) of those that passed their gates; else, without a
+    benchmark, the last one made."""
+    if not packaged:
+        return None, "the package holds no artifact"
+    if recipe.serve.artifact is not None:
+        return recipe.serve.artifact, "named by the recipe's serve: artifact:"
+    passed = [a for a, r in zip(packaged, reports, strict=True) if r.passed] or list(packaged)
+    measured = {r.name for r in bench_report.results} if bench_report else set()
+    timed = [a for a in passed if a.name in measured]
+    if bench_report is None or not timed:
+        return packaged[-1].name, "the last artifact made (no benchmark to choose by)"
+    batch = min(bench_report.batch_sizes)
+    fastest = min(timed, key=lambda a: bench_report.get(a.name).at(batch).p50_ms)
+    p50 = bench_report.get(fastest.name).at(batch).p50_ms
+    return fastest.name, (
+        f"fastest at batch {batch} on this machine ({p50:.3f} ms p50) of the "
+        f"{len(timed)} artifact(s) that passed their gates"
+    )
 
 
 def relocate(artifacts: Sequence[Artifact], package_dir: Path) -> list[Artifact]:
@@ -273,6 +317,7 @@ def build(
     with staging(output, recipe.name, recipe.version, overwrite) as folder:
         context = PassContext(workdir=folder, reference=reference, data=data)
         produced, gates = run_passes(recipe, reference, context, steps)
+        check_served_artifact(recipe, produced)
         reports = []
         for artifact in produced:
             report = validate_artifact(recipe, reference, artifact, data, gates.get(artifact.name))

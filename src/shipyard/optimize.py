@@ -262,6 +262,7 @@ def optimize(
             bench_report,
             candidates=rows,
             extra=extra,
+            default=(best.name, f"chosen by the search: {verdict}"),
         )
     package_dir = output / recipe.name / str(recipe.version)
     return BuildResult(

@@ -166,6 +166,10 @@ def print_result(result: Any, as_json: bool) -> None:
         console.print(f"[bold]search[/] {escape(search['verdict'])}", highlight=False)
     elif result.benchmark is not None:
         console.print(render.bench(result.benchmark, baseline="torch"))
+    default = result.manifest.get("default_artifact")
+    if default is not None:
+        reason = result.manifest.get("default_artifact_reason", "")
+        console.print(f"[bold]serves[/] {escape(default)}: {escape(reason)}", highlight=False)
     console.print(
         f"[bold]package[/] {escape(str(result.package_dir))} ({result.seconds:.1f} s); "
         f"report {escape(str(result.package_dir / 'report.md'))}",

@@ -73,11 +73,22 @@ def inspect(
 
     if path.is_dir() and is_package(path):
         package = load_package(path)
-        console.print(f"[bold]{package.name}[/] version {package.version} — {package.path}")
+        console.print(
+            f"[bold]{escape(package.name)}[/] version {package.version} — "
+            f"{escape(str(package.path))}"
+        )
         signature = package.signature
+        served = (package.manifest.get("serving") or {}).get("artifact")
+        served = served or package.manifest.get("default_artifact")
         for artifact in package.artifacts:
             size = artifact.size_bytes / 1e6
-            console.print(f"  {artifact.name}: {artifact.path} ({size:.2f} MB)", markup=False)
+            mark = "  ← served" if artifact.name == served else ""
+            console.print(f"  {artifact.name}: {artifact.path} ({size:.2f} MB){mark}", markup=False)
+        if served is not None:
+            why = package.manifest.get("default_artifact_reason") or "the package's default"
+            if (package.manifest.get("serving") or {}).get("artifact"):
+                why = "named by the recipe's serve: artifact:"
+            console.print(f"  serves {served}: {why}", markup=False, highlight=False)
     elif path.suffix == ".onnx" and path.is_file():
         signature = onnx_signature(path)
     else:
