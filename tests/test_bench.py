@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from shipyard.artifact import Artifact
-from shipyard.bench import BenchReport, bench, hardware_fingerprint
+from shipyard.bench import BenchReport, bench
 from shipyard.cli.render import bench as render
 from shipyard.errors import InputError
 from shipyard.events import BenchProgress
@@ -133,13 +133,3 @@ def test_bench_reports_progress_as_typed_events(artifacts: list[Artifact]) -> No
     bench(artifacts, batch_sizes=(1, 2), warmup=0, runs=3, on_progress=events.append)
     assert [(e.batch, e.done) for e in events] == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6)]
     assert all(e.total == 6 for e in events)
-
-
-def test_fingerprint_names_the_cpu_and_its_isa() -> None:
-    fingerprint = hardware_fingerprint()
-    assert fingerprint["cpu"]
-    assert isinstance(fingerprint["isa"], list)
-    assert fingerprint["isa"] == sorted(fingerprint["isa"])
-    assert fingerprint["logical_cores"] >= 1
-    assert fingerprint["versions"]["torch"]
-    json.dumps(fingerprint)

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.artifact import Artifact
-from shipyard.bench import BenchReport, bench, hardware_fingerprint
+from shipyard.bench import BenchReport, bench
 from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
 from shipyard.events import Stage, StepCallback, StepEvent
+from shipyard.hardware import hardware_fingerprint
 from shipyard.package import SCHEMA_VERSION, file_hashes, preflight, staging, write_manifest
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext

@@ -31,9 +31,9 @@ from onnxruntime import quantization as ortq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipyard.artifact import Artifact, PassRecord, atomic_path
-from shipyard.bench import hardware_fingerprint
 from shipyard.data import Dataset, check_dataset
 from shipyard.errors import DataError, ShipyardError
+from shipyard.hardware import hardware_fingerprint
 from shipyard.passes.quiet import quiet
 from shipyard.signature import Signature, TensorSpec
 
