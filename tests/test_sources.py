@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from shipyard.errors import SourceError
-from shipyard.sources import load_model, onnx_signature
+from shipyard.runtimes.onnxruntime import onnx_signature
+from shipyard.sources import load_model
 from tests.conftest import SMALL_SIGNATURE, small_net
 
 INPUTS = SMALL_SIGNATURE.with_outputs(())

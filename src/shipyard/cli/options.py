@@ -72,7 +72,8 @@ def load_artifacts(
     A torch source without a signature borrows the inputs of an ONNX file among ``specs``.
     """
     from shipyard.package import is_package, load_package
-    from shipyard.sources import load_model, onnx_signature
+    from shipyard.runtimes.onnxruntime import onnx_signature
+    from shipyard.sources import load_model
 
     try:
         extra = json.loads(kwargs) if kwargs else {}

@@ -82,7 +82,7 @@ def _read_source(ov: Any, artifact: Artifact, source: Artifact | None) -> Any:
     if source is not None:
         import torch
 
-        from shipyard.runtimes.torch import eval_mode
+        from shipyard.torch_modules import eval_mode
 
         assert source.module is not None
         feeds = source.signature.example_inputs(batch=2)  # 2, not 1: size-1 dims specialize

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset
 from shipyard.errors import ShipyardError
-from shipyard.runtimes.torch import eval_mode, flatten_outputs
+from shipyard.torch_modules import eval_mode, flatten_outputs
 
 if TYPE_CHECKING:
     from shipyard.passes.context import PassContext
