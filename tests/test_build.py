@@ -9,6 +9,7 @@ import torch
 import shipyard
 from shipyard.artifact import sha256_file
 from shipyard.errors import GateError, PackageError, RecipeError, ShipyardError
+from shipyard.events import Stage, StepEvent
 from shipyard.package import load_package
 from shipyard.recipe import default_recipe_path, load_recipe, parse_recipe
 
@@ -138,5 +139,8 @@ def test_a_step_never_overwrites_an_earlier_steps_file(tmp_path: Path) -> None:
 def test_gates_on_a_torch_step_are_refused(tmp_path: Path) -> None:
     prune = "  - prune: {method: l1_unstructured, amount: 0.2}\n    gates: {atol: 1.0}\n"
     text = BRANCHED.replace("  - export: {}\n", prune + "  - export: {}\n")
-    with pytest.raises(RecipeError, match="makes a torch module"):
-        shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
+    events: list[StepEvent] = []
+    with pytest.raises(RecipeError, match="passes.0.prune: gates: .* makes a torch module"):
+        shipyard.build(parse_recipe(text), tmp_path, run_bench=False, on_step=events.append)
+    # Refused from the registry's word, before the pass spends any time.
+    assert events and not [e for e in events if e.stage is Stage.PASS]

@@ -10,11 +10,6 @@ from shipyard.artifact import Artifact
 from shipyard.data import Dataset
 from shipyard.errors import ShipyardError
 
-# Passes that make files and leave the torch module as it was (the reference stays current).
-FILE_PASSES = frozenset(
-    {"export", "quantize", "convert_openvino", "convert_tflite", "convert_tensorrt"}
-)
-
 
 @dataclass
 class PassContext:
@@ -50,8 +45,12 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
 
     ``artifact`` itself when it is a module (after ``prune``/``finetune``, or the model);
     ``reference`` (the recipe's model) when ``artifact`` is a file made from it by file-level
-    passes only. After any other pass that module is gone: ShipyardError, naming ``what``.
+    passes only (those whose registry entry ``makes`` a file: they leave the module as it
+    was). After any other pass that module is gone: ShipyardError, naming ``what``.
     """
+    # Imported here: the registry imports the passes, and the passes import this module.
+    from shipyard.passes import PASSES
+
     if artifact.format == "torch":
         return artifact
     base = len(reference.provenance) if reference is not None else 0
@@ -59,7 +58,7 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
     if (
         reference is not None
         and artifact.provenance[:base] == reference.provenance
-        and all(record.name in FILE_PASSES for record in steps)
+        and all(r.name in PASSES and PASSES[r.name].makes == "file" for r in steps)
     ):
         return reference
     done = ", ".join(r.name for r in steps) or "no recorded passes"
