@@ -75,8 +75,6 @@ def test_structured_pruning_reaches_half_the_macs(setup: Setup) -> None:
     notes = setup.pruned.provenance[-1].notes
     assert notes["macs_after"] <= (0.5 + MACS_TOLERANCE) * notes["macs_before"]
     assert notes["params_after"] < 0.6 * notes["params_before"]
-    for when in ("before", "after"):
-        assert set(notes["latency_p50_ms"][when]) == {"1", "8"}
     # Without fine-tuning the pruned model is clearly worse: that is why finetune exists.
     assert _held_out(setup.pruned, setup.context) < _held_out(setup.reference, setup.context)
 

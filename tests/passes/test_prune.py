@@ -130,7 +130,7 @@ def test_structured_resnet18_keeps_residuals_consistent_and_exports(
     assert notes["kept_whole"] == ["fc"]
     assert notes["params_after"] < 0.6 * notes["params_before"] == 0.6 * 11_689_512
     assert notes["macs_after"] < notes["macs_before"]
-    assert set(notes["latency_p50_ms"]["after"]) == {"1", "8"}
+    assert not [key for key in notes if "latency" in key or "speedup" in key]  # bench's job
     assert sum(p.numel() for p in _net(resnet).parameters()) == 11_689_512  # input untouched
 
     exported = export_onnx(pruned, tmp_path / "pruned.onnx")
