@@ -8,7 +8,7 @@ import torch
 
 import shipyard
 from shipyard.artifact import sha256_file
-from shipyard.errors import GateError, PackageError, RecipeError, ShipyardError
+from shipyard.errors import GateError, PackageError, PassError, RecipeError
 from shipyard.events import Stage, StepEvent
 from shipyard.package import load_package
 from shipyard.recipe import default_recipe_path, load_recipe, parse_recipe
@@ -131,7 +131,7 @@ def test_two_file_artifacts_with_one_name_are_refused(tmp_path: Path) -> None:
 
 def test_a_step_never_overwrites_an_earlier_steps_file(tmp_path: Path) -> None:
     text = BRANCHED.replace("{name: onnx-again, filename: again.onnx}", "{name: onnx-again}")
-    with pytest.raises(ShipyardError, match="export: model.onnx was already written"):
+    with pytest.raises(PassError, match="export: model.onnx was already written"):
         shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
     assert list((tmp_path / "branched").iterdir()) == []
 

@@ -100,8 +100,11 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module:
         raise SourceError(f"'{reference}' is a {type(target).__name__}, not a factory or module")
     try:
         module = target(**kwargs)
-    except TypeError as error:
-        raise SourceError(f"calling '{reference}' with kwargs {kwargs} failed: {error}") from error
+    except (TypeError, ValueError) as error:  # the factory refused the arguments it was given
+        raise SourceError(
+            f"calling '{reference}' with kwargs {kwargs} failed: {type(error).__name__}: "
+            f"{error}; fix the kwargs (recipe: model: kwargs:, CLI: --kwargs)"
+        ) from error
     if not isinstance(module, torch.nn.Module):
         raise SourceError(
             f"factory '{reference}' returned a {type(module).__name__}, not a torch.nn.Module"

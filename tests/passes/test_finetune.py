@@ -17,10 +17,11 @@ from torch import nn
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
+from shipyard.errors import FinetuneError
 from shipyard.examples import digits
 from shipyard.passes.context import PassContext
 from shipyard.passes.export import export_onnx
-from shipyard.passes.finetune import FinetuneConfig, FinetuneError, accuracy, run_finetune
+from shipyard.passes.finetune import FinetuneConfig, accuracy, run_finetune
 from shipyard.passes.prune import PruneConfig, run_prune
 from shipyard.runtimes import open_session
 from shipyard.signature import Signature, TensorSpec

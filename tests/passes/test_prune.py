@@ -14,12 +14,13 @@ from torch import nn
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
+from shipyard.errors import PruneError
 from shipyard.examples import digits as digits_data
 from shipyard.examples.digits import DigitsCNN
 from shipyard.examples.resnet import resnet18
 from shipyard.passes.context import PassContext
 from shipyard.passes.export import export_onnx
-from shipyard.passes.prune import PruneConfig, PruneError, prune_module, run_prune
+from shipyard.passes.prune import PruneConfig, prune_module, run_prune
 from shipyard.runtimes import open_session
 from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import torch_artifact

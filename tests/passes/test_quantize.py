@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
-from shipyard.errors import DataError, ShipyardError
+from shipyard.errors import DataError, QuantizeError
 from shipyard.passes.context import PassContext
 from shipyard.passes.quantize import PRESETS, QuantizeConfig, quantize_onnx, run_quantize
 from shipyard.runtimes import open_session
@@ -131,10 +131,10 @@ def test_excluded_nodes_stay_float(
 def test_bad_exclusions_list_real_names(digits_onnx: Artifact, tmp_path: Path) -> None:
     names = [n.name for n in onnx.load(str(digits_onnx.path)).graph.node]
     config = QuantizeConfig.dynamic_s8(exclude_nodes=["/head/*"])
-    with pytest.raises(ShipyardError, match="'/head/\\*' matches none") as error:
+    with pytest.raises(QuantizeError, match="'/head/\\*' matches none") as error:
         quantize_onnx(digits_onnx, tmp_path / "q.onnx", config)
     assert sum(name in str(error.value) for name in names) == 5
-    with pytest.raises(ShipyardError, match="'conv' is not in the model.*Conv, Gemm"):
+    with pytest.raises(QuantizeError, match="'conv' is not in the model.*Conv, Gemm"):
         quantize_onnx(
             digits_onnx, tmp_path / "q.onnx", QuantizeConfig.fp16(exclude_op_types=["conv"])
         )
@@ -186,7 +186,7 @@ def test_pass_calibrates_on_train_data_when_no_calibration_set(
 
 def test_torch_input_is_refused(digits_torch: Artifact, tmp_path: Path) -> None:
     source = digits_torch
-    with pytest.raises(ShipyardError, match="put 'export' before 'quantize'"):
+    with pytest.raises(QuantizeError, match="put 'export' before 'quantize'"):
         quantize_onnx(source, tmp_path / "q.onnx", QuantizeConfig.dynamic_s8())
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
-from shipyard.errors import ShipyardError
+from shipyard.errors import PassError
 
 
 @dataclass
@@ -28,7 +28,7 @@ class PassContext:
         (the package folder starts empty); the error names the step's ``fields`` to change."""
         path = self.output_path(filename)
         if path.exists():
-            raise ShipyardError(
+            raise PassError(
                 f"{step}: {path.name} was already written by an earlier pass of this recipe; "
                 f"give this {step} its own {fields}"
             )
@@ -46,7 +46,7 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
     ``artifact`` itself when it is a module (after ``prune``/``finetune``, or the model);
     ``reference`` (the recipe's model) when ``artifact`` is a file made from it by file-level
     passes only (those whose registry entry ``makes`` a file: they leave the module as it
-    was). After any other pass that module is gone: ShipyardError, naming ``what``.
+    was). After any other pass that module is gone: PassError, naming ``what``.
     """
     # Imported here: the registry imports the passes, and the passes import this module.
     from shipyard.passes import PASSES
@@ -62,7 +62,7 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
     ):
         return reference
     done = ", ".join(r.name for r in steps) or "no recorded passes"
-    raise ShipyardError(
+    raise PassError(
         f"{what} needs the torch module, but {artifact.describe()} was made by {done}, and "
         f"the module after those torch passes is gone; start this step from the torch "
         f"artifact with 'from: <name>' (e.g. from: torch-pruned) or put it right after the "

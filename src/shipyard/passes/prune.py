@@ -27,7 +27,7 @@ from torch import nn
 
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset
-from shipyard.errors import ShipyardError
+from shipyard.errors import PruneError, ShipyardError
 from shipyard.torch_modules import eval_mode, flatten_outputs
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ _TARGET_MAX_RATIO = 0.9  # never remove more than 90% of a layer's channels
 _TAYLOR_SAMPLES = 128  # training samples whose loss gradients rank channels (taylor)
 _TAYLOR_BATCH = 32
 _ZLIB_LEVEL = 6  # what gzip uses by default
-
-
-class PruneError(ShipyardError):
-    """Pruning cannot run as configured, or Torch-Pruning cannot handle the model."""
 
 
 class PruneConfig(BaseModel):
