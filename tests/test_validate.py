@@ -151,3 +151,15 @@ def test_out_of_range_gate_overrides_name_the_gate() -> None:
     with pytest.raises(InputError, match="gates: atol: Input should be greater than or equal"):
         Gates(rtol=0.1).merged(atol=-1.0)
     assert Gates(rtol=0.1).merged(atol=0.5, min_cosine=None) == Gates(rtol=0.1, atol=0.5)
+
+
+def test_counts_no_comparison_can_use_are_refused(
+    small_torch: Artifact, small_onnx: Artifact
+) -> None:
+    with pytest.raises(InputError, match="samples must be at least 1, got 0"):
+        validate(small_torch, small_onnx, samples=0)
+    with pytest.raises(InputError, match="batch_size must be at least 1, got 0"):
+        validate(small_torch, small_onnx, _labelled(8), batch_size=0)
+    empty = Dataset({"x": np.zeros((0, 1, 8, 8), np.float32)})
+    with pytest.raises(DataError, match="holds no samples"):
+        validate(small_torch, small_onnx, empty)

@@ -14,6 +14,11 @@ class RecipeError(ShipyardError):
     """The recipe is malformed: unknown key, wrong type, missing field (with the YAML line)."""
 
 
+class ArtifactError(ShipyardError):
+    """An artifact is described inconsistently: an unknown format, a torch artifact without
+    its module, or a file format without its path."""
+
+
 class SourceError(ShipyardError):
     """A model source cannot be loaded: bad import path, not an nn.Module, unsafe file."""
 

@@ -242,6 +242,24 @@ def run_all(
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
+def comparison_data(
+    reference: Artifact, data: Dataset | None, samples: int | None, batch_size: int, seed: int
+) -> Dataset:
+    """The first ``samples`` of ``data``, or ``samples`` (default 64) seeded random inputs
+    for ``reference``'s signature. Raises InputError for a ``samples`` or ``batch_size``
+    below 1 and DataError for a data set without samples: no comparison could run on them.
+    """
+    if samples is not None and samples < 1:
+        raise InputError(f"samples must be at least 1, got {samples}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if data is None:
+        return Dataset(reference.signature.example_inputs(batch=samples or 64, seed=seed))
+    if not data.inputs or len(data) == 0:
+        raise DataError("the data to compare on holds no samples; give at least one")
+    return data.take(samples)
+
+
 def validate(
     reference: Artifact,
     candidate: Artifact,
@@ -260,10 +278,7 @@ def validate(
     ``task="classification"`` the first output's argmax gives each artifact's accuracy.
     """
     gates = gates or Gates()
-    if data is None:
-        count = samples or 64
-        data = Dataset(reference.signature.example_inputs(batch=count, seed=seed))
-    data = data.take(samples)
+    data = comparison_data(reference, data, samples, batch_size, seed)
     ref_out = run_all(reference, data, batch_size, threads)
     cand_out = run_all(candidate, data, batch_size, threads)
     return build_report(reference.name, candidate.name, ref_out, cand_out, data.labels, gates, task)
