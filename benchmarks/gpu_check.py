@@ -47,7 +47,8 @@ import torch
 
 import shipyard
 from shipyard.artifact import Artifact
-from shipyard.bench import LatencyStats, hardware_fingerprint
+from shipyard.bench import LatencyStats
+from shipyard.hardware import hardware_fingerprint
 from shipyard.runtimes import open_session
 from shipyard.signature import Signature, TensorSpec
 from shipyard.validate import Gates, compare_output

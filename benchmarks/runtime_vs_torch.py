@@ -24,8 +24,9 @@ import torch
 from rich.console import Console
 
 from shipyard.artifact import Artifact
-from shipyard.bench import BenchReport, bench, hardware_fingerprint
+from shipyard.bench import BenchReport, bench
 from shipyard.cli.render import bench as render
+from shipyard.hardware import hardware_fingerprint
 from shipyard.passes.export import export_onnx
 from shipyard.signature import Signature, TensorSpec
 

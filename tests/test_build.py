@@ -8,7 +8,8 @@ import torch
 
 import shipyard
 from shipyard.artifact import sha256_file
-from shipyard.errors import GateError, PackageError, RecipeError, ShipyardError
+from shipyard.errors import GateError, PackageError, PassError, RecipeError
+from shipyard.events import Stage, StepEvent
 from shipyard.package import load_package
 from shipyard.recipe import default_recipe_path, load_recipe, parse_recipe
 
@@ -130,7 +131,7 @@ def test_two_file_artifacts_with_one_name_are_refused(tmp_path: Path) -> None:
 
 def test_a_step_never_overwrites_an_earlier_steps_file(tmp_path: Path) -> None:
     text = BRANCHED.replace("{name: onnx-again, filename: again.onnx}", "{name: onnx-again}")
-    with pytest.raises(ShipyardError, match="export: model.onnx was already written"):
+    with pytest.raises(PassError, match="export: model.onnx was already written"):
         shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -138,5 +139,8 @@ def test_a_step_never_overwrites_an_earlier_steps_file(tmp_path: Path) -> None:
 def test_gates_on_a_torch_step_are_refused(tmp_path: Path) -> None:
     prune = "  - prune: {method: l1_unstructured, amount: 0.2}\n    gates: {atol: 1.0}\n"
     text = BRANCHED.replace("  - export: {}\n", prune + "  - export: {}\n")
-    with pytest.raises(RecipeError, match="makes a torch module"):
-        shipyard.build(parse_recipe(text), tmp_path, run_bench=False)
+    events: list[StepEvent] = []
+    with pytest.raises(RecipeError, match="passes.0.prune: gates: .* makes a torch module"):
+        shipyard.build(parse_recipe(text), tmp_path, run_bench=False, on_step=events.append)
+    # Refused from the registry's word, before the pass spends any time.
+    assert events and not [e for e in events if e.stage is Stage.PASS]

@@ -30,7 +30,7 @@ def test_recipe_builds_onnx_and_openvino_validated_and_benched(tmp_path: Path) -
     result = shipyard.build(parse_recipe(RECIPE), tmp_path)
     names = [a.name for a in result.artifacts]
     assert names == ["onnx", "openvino-fp32"]
-    assert all(report.passed for report in result.validation)
+    assert [(r.candidate, r.passed) for r in result.validation] == [(n, True) for n in names]
     assert {r.name: r.backend for r in result.benchmark.results} == {  # type: ignore[union-attr]
         "torch": "torch",
         "onnx": "onnxruntime",
@@ -63,6 +63,7 @@ def test_digits_targets_recipe_builds_fp32_and_int8_for_every_cpu_target(tmp_pat
         "tflite-int8": "litert",
     }
     reports = {r.candidate: r for r in result.validation}
+    assert list(reports) == list(backends)  # every artifact validated, so the loop checks all
     for name, report in reports.items():
         gates = {g.gate for g in report.gates} - {"nonfinite"}
         if "int8" in name:
@@ -97,6 +98,7 @@ def test_resnet18_targets_recipe_builds_fp32_and_int8_for_every_cpu_target(
         "tflite-fp32",
         "tflite-int8",
     ]
+    assert [r.candidate for r in result.validation] == names
     for report in result.validation:
         assert report.passed, report.candidate
         if "int8" not in report.candidate:

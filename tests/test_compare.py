@@ -13,13 +13,14 @@ from onnx import numpy_helper
 from shipyard.artifact import Artifact
 from shipyard.compare import bisect, compare
 from shipyard.data import Dataset
-from shipyard.errors import InputError
+from shipyard.errors import BackendError, InputError
 from shipyard.examples.digits import validation
 from shipyard.passes.export import ExportConfig, export_onnx
 from shipyard.passes.quantize import QuantizeConfig, quantize_onnx
+from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import load_model, torch_artifact
 from shipyard.validate import Gates
-from tests.conftest import SMALL_SIGNATURE
+from tests.conftest import SMALL_SIGNATURE, small_net
 from tests.test_cli import shipyard as run_cli
 
 
@@ -69,6 +70,22 @@ def test_bisect_needs_onnx(digits_artifacts) -> None:  # type: ignore[no-untyped
     reference, fp32, _, _ = digits_artifacts
     with pytest.raises(InputError, match="is not ONNX"):
         bisect(reference, fp32)
+    with pytest.raises(InputError, match="gates: atol: Input should be greater than or equal"):
+        bisect(fp32, fp32, atol=-1.0)
+
+
+def test_bisect_of_graphs_with_other_inputs_names_the_candidate(
+    small_onnx: Artifact, tmp_path: Path
+) -> None:
+    image = TensorSpec(name="image", dtype="float32", shape=("batch", 1, 8, 8))
+    renamed = export_onnx(
+        torch_artifact(small_net(), Signature(inputs=(image,), outputs=SMALL_SIGNATURE.outputs)),
+        tmp_path / "renamed.onnx",
+        ExportConfig(name="renamed"),
+    )
+    pattern = r"cannot run renamed \(onnx, .*\) on the reference's inputs \(x\)"
+    with pytest.raises(BackendError, match=pattern):
+        bisect(small_onnx, renamed)
 
 
 def test_compare_command_exit_codes(digits_artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

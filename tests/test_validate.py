@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from shipyard.artifact import Artifact
+from shipyard.cli import main
 from shipyard.data import Dataset
+from shipyard.errors import ComparisonError, DataError, InputError
 from shipyard.passes.export import export_onnx
+from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import torch_artifact
-from shipyard.validate import Gates, compare_output, validate
-from tests.conftest import SMALL_SIGNATURE, small_net
+from shipyard.validate import Gates, build_report, compare_output, validate
+from tests.conftest import SMALL_SIGNATURE, SmallNet, small_net
 
 
 def _labelled(n: int = 96) -> Dataset:
@@ -60,6 +63,12 @@ def test_nan_in_candidate_always_fails() -> None:
     stats = compare_output("y", ref, cand, Gates())
     assert stats.nonfinite_candidate == 1 and stats.nonfinite_reference == 0
     assert stats.max_abs == 0.0  # the finite part agrees; the NaN is counted, not averaged
+    # No gate is set, yet the report fails: on the NaN, and on nothing else.
+    report = build_report("ref", "cand", {"y": ref}, {"y": cand}, None, Gates())
+    assert not report.passed
+    assert [(g.gate, g.output, g.value) for g in report.failures()] == [("nonfinite", "y", 1)]
+    # The same NaN in the reference is not the candidate's fault.
+    assert build_report("ref", "cand", {"y": cand}, {"y": cand}, None, Gates()).passed
 
 
 def test_rtol_and_atol_are_elementwise() -> None:
@@ -82,3 +91,75 @@ def test_report_serializes(small_torch: Artifact, small_onnx: Artifact) -> None:
 
     data = validate(small_torch, small_onnx, samples=4).to_dict()
     assert json.loads(json.dumps(data))["passed"] is True
+
+
+class TwoHeads(torch.nn.Module):
+    """The small net's logits plus its pooled features: one output more than the reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_net()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.features(x)
+        return self.net.head(features), features
+
+
+def _onnx(module: torch.nn.Module, outputs: tuple[TensorSpec, ...], path: Path) -> Artifact:
+    signature = Signature(inputs=SMALL_SIGNATURE.inputs, outputs=outputs)
+    return export_onnx(torch_artifact(module.eval(), signature), path)
+
+
+def test_outputs_of_another_shape_are_refused_with_both_shapes(
+    small_torch: Artifact, small_onnx: Artifact, tmp_path: Path
+) -> None:
+    five = (TensorSpec(name="logits", dtype="float32", shape=("batch", 5)),)
+    candidate = _onnx(SmallNet(classes=5), five, tmp_path / "five.onnx")
+    with pytest.raises(ComparisonError) as caught:
+        validate(small_torch, candidate, samples=8)
+    message = str(caught.value)
+    assert "output 'logits': torch gives shape [8, 10] but onnx gives [8, 5]" in message
+    assert "same model" in message and "\n" not in message
+    # Through the command line: one line on stderr and exit 2 (bad input), never 3 (a bug).
+    assert main(["validate", str(small_onnx.path), str(candidate.path), "--samples", "8"]) == 2
+
+
+def test_a_different_number_of_outputs_is_refused(
+    small_torch: Artifact, small_onnx: Artifact, tmp_path: Path
+) -> None:
+    specs = (
+        TensorSpec(name="logits", dtype="float32", shape=("batch", 10)),
+        TensorSpec(name="features", dtype="float32", shape=("batch", 8)),
+    )
+    candidate = _onnx(TwoHeads(), specs, tmp_path / "two.onnx")
+    pattern = r"torch returns 1 outputs \['logits'\] but onnx returns 2 \['logits', 'features'\]"
+    with pytest.raises(ComparisonError, match=pattern):
+        validate(small_torch, candidate, samples=8)
+    assert main(["validate", str(small_onnx.path), str(candidate.path), "--samples", "8"]) == 2
+
+
+def test_labels_that_do_not_fit_the_samples_are_a_data_error(
+    small_torch: Artifact, small_onnx: Artifact
+) -> None:
+    data = _labelled(16)
+    data.labels = data.labels[:10] if data.labels is not None else None
+    with pytest.raises(DataError, match="10 labels for 16 samples"):
+        validate(small_torch, small_onnx, data)
+
+
+def test_out_of_range_gate_overrides_name_the_gate() -> None:
+    with pytest.raises(InputError, match="gates: atol: Input should be greater than or equal"):
+        Gates(rtol=0.1).merged(atol=-1.0)
+    assert Gates(rtol=0.1).merged(atol=0.5, min_cosine=None) == Gates(rtol=0.1, atol=0.5)
+
+
+def test_counts_no_comparison_can_use_are_refused(
+    small_torch: Artifact, small_onnx: Artifact
+) -> None:
+    with pytest.raises(InputError, match="samples must be at least 1, got 0"):
+        validate(small_torch, small_onnx, samples=0)
+    with pytest.raises(InputError, match="batch_size must be at least 1, got 0"):
+        validate(small_torch, small_onnx, _labelled(8), batch_size=0)
+    empty = Dataset({"x": np.zeros((0, 1, 8, 8), np.float32)})
+    with pytest.raises(DataError, match="holds no samples"):
+        validate(small_torch, small_onnx, empty)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from shipyard.bench import hardware_fingerprint
+from shipyard.hardware import hardware_fingerprint
 from shipyard.serve.codec import decode_request
 
 SHAPES = {"digits": (1, 1, 8, 8), "resnet18": (1, 3, 224, 224)}

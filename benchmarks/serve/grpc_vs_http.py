@@ -31,7 +31,7 @@ import load  # benchmarks/serve/load.py: the script's folder is on sys.path
 import numpy as np
 import psutil
 
-from shipyard.bench import hardware_fingerprint
+from shipyard.hardware import hardware_fingerprint
 from shipyard.serve.grpc import inference_pb2 as pb
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"

@@ -36,7 +36,7 @@ import numpy as np
 import psutil
 
 import shipyard
-from shipyard.bench import hardware_fingerprint
+from shipyard.hardware import hardware_fingerprint
 from shipyard.recipe import parse_recipe
 
 RECIPE = """\

@@ -52,7 +52,7 @@ import numpy as np
 import psutil
 
 import shipyard
-from shipyard.bench import hardware_fingerprint
+from shipyard.hardware import hardware_fingerprint
 from shipyard.recipe import parse_recipe
 
 HERE = Path(__file__).resolve().parent

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shipyard.errors import ArtifactError
 from shipyard.signature import Signature
 
 if TYPE_CHECKING:
@@ -59,11 +60,13 @@ class Artifact:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"unknown artifact format {self.format!r}; known: {FORMATS}")
+            raise ArtifactError(
+                f"artifact '{self.name}': unknown format {self.format!r}; known: {list(FORMATS)}"
+            )
         if self.format == "torch" and self.module is None:
-            raise ValueError("a torch artifact needs its module")
+            raise ArtifactError(f"artifact '{self.name}': a torch artifact needs its module=")
         if self.format != "torch" and self.path is None:
-            raise ValueError(f"a {self.format} artifact needs a path")
+            raise ArtifactError(f"artifact '{self.name}': a {self.format} artifact needs its path=")
 
     def files(self) -> list[Path]:
         """Every file the artifact consists of (an ONNX model may have external data)."""

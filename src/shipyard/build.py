@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.artifact import Artifact
-from shipyard.bench import BenchReport, bench, hardware_fingerprint
+from shipyard.bench import BenchReport, bench
 from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
 from shipyard.events import Stage, StepCallback, StepEvent
+from shipyard.hardware import hardware_fingerprint
 from shipyard.package import SCHEMA_VERSION, file_hashes, preflight, staging, write_manifest
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
@@ -256,6 +257,7 @@ def run_passes(
     """Run the recipe's passes; return the file artifacts made and each step's own gates.
 
     A step starts from the previous step's result, or from the artifact its ``from:`` names.
+    What a step makes (a torch module or a file) is its registry entry's ``makes``.
     File artifacts' names must be unique: they label tables and ``from:`` refers to them
     (a torch pass run twice, e.g. two ``prune`` steps, leaves its latest module under its name).
     """
@@ -265,6 +267,12 @@ def run_passes(
     gates: dict[str, Gates] = {}
     for index, entry in enumerate(recipe.passes):
         where = f"passes.{index}.{entry.name}"
+        spec = PASSES[entry.name]
+        if entry.gates is not None and spec.makes == "module":
+            raise RecipeError(
+                f"{where}: gates: apply to the file artifact a step makes, but "
+                f"{entry.name} makes a torch module; set them on the export or convert step"
+            )
         if entry.from_ is not None:
             if entry.from_ not in made:
                 raise RecipeError(
@@ -272,21 +280,16 @@ def run_passes(
                     f"known so far: {list(made)}"
                 )
             current = made[entry.from_]
-        current = PASSES[entry.name].run(current, entry.config, context)
-        if current.format != "torch" and current.name in made:
+        current = spec.run(current, entry.config, context)
+        if spec.makes == "file" and current.name in made:
             raise RecipeError(
                 f"{where}: makes a second artifact named {current.name!r}; give this step "
                 f"its own 'name' (and 'filename') so that each artifact can be told apart"
             )
         made[current.name] = current
         if entry.gates is not None:
-            if current.format == "torch":
-                raise RecipeError(
-                    f"{where}: gates: apply to the file artifact a step makes, but "
-                    f"{entry.name} makes a torch module; set them on the export or convert step"
-                )
             gates[current.name] = entry.gates
-        if current.format != "torch":
+        if spec.makes == "file":
             produced.append(current)
         place = current.path.name if current.path else "in memory"
         steps(

@@ -19,8 +19,15 @@ import numpy as np
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
-from shipyard.errors import InputError
-from shipyard.validate import Gates, ValidationReport, build_report, compare_output, run_all
+from shipyard.errors import BackendError, InputError
+from shipyard.validate import (
+    Gates,
+    ValidationReport,
+    build_report,
+    compare_output,
+    comparison_data,
+    run_all,
+)
 
 
 def compare(
@@ -42,9 +49,7 @@ def compare(
     gates = gates or Gates()
     reference = artifacts[0]
     random_inputs = data is None
-    if data is None:
-        data = Dataset(reference.signature.example_inputs(batch=samples or 64, seed=seed))
-    data = data.take(samples)
+    data = comparison_data(reference, data, samples, batch_size, seed)
     ref_out = run_all(reference, data, batch_size, threads)
     reports = []
     for candidate in artifacts[1:]:
@@ -107,19 +112,27 @@ def _typed_tensors(model: Any) -> list[tuple[str, str, str]]:
 
 
 def _run_marked(
-    model: Any, feeds: dict[str, np.ndarray], folder: Path, tag: str
+    model: Any, names: list[str], feeds: dict[str, np.ndarray], path: Path, artifact: Artifact
 ) -> dict[str, np.ndarray]:
+    """Run ``artifact``'s ``model`` with the tensors ``names`` marked as outputs (saved to
+    ``path``); BackendError, naming the artifact, when ONNX Runtime cannot run it."""
     import onnx
     import onnxruntime as ort
 
-    path = folder / f"{tag}.onnx"
-    onnx.save(model, str(path))
+    onnx.save(_with_all_outputs(model, names), str(path))
     options = ort.SessionOptions()
     # No fusion: a fused tensor would vanish, and we want every marked tensor as computed.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        outputs = [o.name for o in session.get_outputs()]
+        return dict(zip(outputs, session.run(outputs, feeds), strict=True))
+    except Exception as error:  # ORT raises its own Fail/InvalidArgument types
+        raise BackendError(
+            f"--bisect: ONNX Runtime cannot run {artifact.describe()} on the reference's inputs "
+            f"({', '.join(feeds)}): {str(error).strip()}; bisect compares two graphs that take "
+            f"the same inputs"
+        ) from error
 
 
 def bisect(
@@ -136,6 +149,7 @@ def bisect(
     for artifact in (reference, candidate):
         if artifact.format != "onnx":
             raise InputError(f"--bisect compares ONNX graphs; {artifact.describe()} is not ONNX")
+    gates = Gates().merged(atol=atol, rtol=rtol)  # InputError for a negative tolerance
     feeds = feeds or reference.signature.example_inputs(batch=2)
     reference.signature.check_inputs(feeds)
     ref_model = onnx.load(str(reference.path))
@@ -145,9 +159,8 @@ def bisect(
     shared = [t for t in ref_tensors if t[0] in cand_names]
     names = [name for name, _, _ in shared]
     with tempfile.TemporaryDirectory() as folder:
-        ref_out = _run_marked(_with_all_outputs(ref_model, names), feeds, Path(folder), "ref")
-        cand_out = _run_marked(_with_all_outputs(cand_model, names), feeds, Path(folder), "cand")
-    gates = Gates(atol=atol, rtol=rtol)
+        ref_out = _run_marked(ref_model, names, feeds, Path(folder) / "ref.onnx", reference)
+        cand_out = _run_marked(cand_model, names, feeds, Path(folder) / "cand.onnx", candidate)
     compared = []
     for name, node, op_type in shared:
         if name not in ref_out or name not in cand_out:

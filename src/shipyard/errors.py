@@ -14,6 +14,11 @@ class RecipeError(ShipyardError):
     """The recipe is malformed: unknown key, wrong type, missing field (with the YAML line)."""
 
 
+class ArtifactError(ShipyardError):
+    """An artifact is described inconsistently: an unknown format, a torch artifact without
+    its module, or a file format without its path."""
+
+
 class SourceError(ShipyardError):
     """A model source cannot be loaded: bad import path, not an nn.Module, unsafe file."""
 
@@ -22,8 +27,32 @@ class DataError(ShipyardError):
     """A data source cannot be loaded or does not match the model's signature."""
 
 
-class ExportError(ShipyardError):
+class PassError(ShipyardError):
+    """A pass cannot run on what it was given: the wrong artifact format for it, a step order
+    that lost the torch module it needs, or a file an earlier step of the recipe already wrote.
+    Each pass family raises its own subclass for its own failures."""
+
+
+class PruneError(PassError):
+    """Pruning cannot run as configured, or Torch-Pruning cannot handle the model."""
+
+
+class FinetuneError(PassError):
+    """Fine-tuning cannot run: no training data, labels unusable, no torch model or teacher."""
+
+
+class ExportError(PassError):
     """The model cannot be exported; the message holds the exporter's own reason."""
+
+
+class QuantizeError(PassError):
+    """Quantization cannot run: not an ONNX input, an exclusion matching nothing, or ONNX
+    Runtime's quantizer failed (its reason in the message)."""
+
+
+class ConvertError(PassError):
+    """Converting to OpenVINO, TFLite or TensorRT cannot start or failed; the message names
+    the target and the converter's own reason."""
 
 
 class InputError(ShipyardError):
@@ -46,6 +75,12 @@ class MissingExtraError(BackendError):
 
 class PackageError(ShipyardError):
     """A package or output folder cannot be written or read."""
+
+
+class ComparisonError(ShipyardError):
+    """Two artifacts cannot be compared: their outputs differ in count or shape, so the
+    candidate does not compute what the reference does (a different model, or a conversion
+    that changed the outputs)."""
 
 
 class GateError(ShipyardError):

@@ -24,8 +24,8 @@ import torch
 from shipyard.artifact import Artifact
 from shipyard.errors import SourceError
 from shipyard.imports import import_reference, is_reference
-from shipyard.runtimes.torch import eval_mode, flatten_outputs, output_names
 from shipyard.signature import Signature, TensorSpec
+from shipyard.torch_modules import eval_mode, flatten_outputs, output_names
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -56,6 +56,8 @@ def load_model(
             f"model source '{source}' is neither an existing file nor 'pkg.module:factory'"
         )
     if path.suffix == ".onnx":
+        from shipyard.runtimes.onnxruntime import onnx_signature
+
         return Artifact(name or path.stem, "onnx", signature or onnx_signature(path), path=path)
     if path.suffix == ".tflite":
         from shipyard.runtimes.litert import tflite_signature
@@ -100,8 +102,11 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module:
         raise SourceError(f"'{reference}' is a {type(target).__name__}, not a factory or module")
     try:
         module = target(**kwargs)
-    except TypeError as error:
-        raise SourceError(f"calling '{reference}' with kwargs {kwargs} failed: {error}") from error
+    except (TypeError, ValueError) as error:  # the factory refused the arguments it was given
+        raise SourceError(
+            f"calling '{reference}' with kwargs {kwargs} failed: {type(error).__name__}: "
+            f"{error}; fix the kwargs (recipe: model: kwargs:, CLI: --kwargs)"
+        ) from error
     if not isinstance(module, torch.nn.Module):
         raise SourceError(
             f"factory '{reference}' returned a {type(module).__name__}, not a torch.nn.Module"
@@ -227,29 +232,3 @@ def adopt_names(own: Signature, given: Signature | None) -> Signature:
             for m, t in zip(own.outputs, given.outputs, strict=True)
         )
     return Signature(inputs=inputs, outputs=outputs)
-
-
-def onnx_signature(path: Path) -> Signature:
-    """Read the graph's inputs and outputs (initializers excluded) as a Signature."""
-    import onnx
-    from onnx import helper
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:
-        raise SourceError(f"{path} is not a readable ONNX model: {error}") from error
-    initializers = {init.name for init in model.graph.initializer}
-
-    def spec(value: Any) -> TensorSpec:
-        tensor = value.type.tensor_type
-        dims: list[int | str] = []
-        for axis, dim in enumerate(tensor.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
-                dims.append(int(dim.dim_value))
-            else:
-                dims.append(dim.dim_param or f"{value.name}_d{axis}")
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        return TensorSpec(name=value.name, dtype=dtype, shape=tuple(dims))
-
-    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
-    return Signature(inputs=tuple(inputs), outputs=tuple(spec(v) for v in model.graph.output))

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
+from shipyard.errors import ComparisonError, DataError, InputError
 from shipyard.runtimes import open_session
 
 # Relative error divides by |reference|; this floor keeps exact zeros from dividing by 0.
@@ -34,10 +35,17 @@ class Gates(BaseModel):
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
 
     def merged(self, **overrides: float | None) -> Gates:
-        """These gates with every non-None override applied (command-line flags win)."""
+        """These gates with every non-None override applied (command-line flags win).
+
+        Raises InputError naming the gate when an override is out of range (``atol=-1``).
+        """
         values = self.model_dump()
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return Gates(**values)
+        try:
+            return Gates(**values)
+        except ValidationError as error:
+            problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors())
+            raise InputError(f"gates: {problems}") from error
 
 
 @dataclass
@@ -119,10 +127,26 @@ def _is_classifier_output(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
 
 
-def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, gates: Gates) -> OutputComparison:
-    """Statistics of one output pair; non-finite elements are counted, not averaged."""
+def compare_output(
+    name: str,
+    ref: np.ndarray,
+    cand: np.ndarray,
+    gates: Gates,
+    *,
+    reference: str = "the reference",
+    candidate: str = "the candidate",
+) -> OutputComparison:
+    """Statistics of one output pair; non-finite elements are counted, not averaged.
+
+    ``reference``/``candidate`` name the two sides in the error raised when the shapes differ
+    (ComparisonError: the candidate does not compute this output).
+    """
     if ref.shape != cand.shape:
-        raise ValueError(f"output '{name}': shapes differ, {ref.shape} vs {cand.shape}")
+        raise ComparisonError(
+            f"output '{name}': {reference} gives shape {list(ref.shape)} but {candidate} gives "
+            f"{list(cand.shape)}; outputs are matched by position, so both must return the same "
+            f"outputs in the same order: compare artifacts made from the same model"
+        )
     r = ref.astype(np.float64)
     c = cand.astype(np.float64)
     finite = np.isfinite(r) & np.isfinite(c)
@@ -237,6 +261,24 @@ def run_all(
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
+def comparison_data(
+    reference: Artifact, data: Dataset | None, samples: int | None, batch_size: int, seed: int
+) -> Dataset:
+    """The first ``samples`` of ``data``, or ``samples`` (default 64) seeded random inputs
+    for ``reference``'s signature. Raises InputError for a ``samples`` or ``batch_size``
+    below 1 and DataError for a data set without samples: no comparison could run on them.
+    """
+    if samples is not None and samples < 1:
+        raise InputError(f"samples must be at least 1, got {samples}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if data is None:
+        return Dataset(reference.signature.example_inputs(batch=samples or 64, seed=seed))
+    if not data.inputs or len(data) == 0:
+        raise DataError("the data to compare on holds no samples; give at least one")
+    return data.take(samples)
+
+
 def validate(
     reference: Artifact,
     candidate: Artifact,
@@ -256,10 +298,7 @@ def validate(
     """
     gates = gates or Gates()
     random_inputs = data is None
-    if data is None:
-        count = samples or 64
-        data = Dataset(reference.signature.example_inputs(batch=count, seed=seed))
-    data = data.take(samples)
+    data = comparison_data(reference, data, samples, batch_size, seed)
     ref_out = run_all(reference, data, batch_size, threads)
     cand_out = run_all(candidate, data, batch_size, threads)
     report = build_report(
@@ -278,16 +317,31 @@ def build_report(
     gates: Gates,
     task: str = "classification",
 ) -> ValidationReport:
-    """Compare two runs' outputs (matched by position) and apply the gates."""
+    """Compare two runs' outputs (matched by position) and apply the gates.
+
+    Raises ComparisonError when the two differ in output count or shape, DataError when
+    ``labels`` do not give one label per sample.
+    """
     if len(ref_out) != len(cand_out):
-        raise ValueError(
-            f"{reference} has {len(ref_out)} outputs but {candidate} has {len(cand_out)}"
+        raise ComparisonError(
+            f"{reference} returns {len(ref_out)} outputs {list(ref_out)} but {candidate} returns "
+            f"{len(cand_out)} {list(cand_out)}; outputs are matched by position, so both must "
+            f"return the same outputs: compare artifacts made from the same model"
         )
     outputs = [
-        compare_output(name, ref_out[name], cand_out[cand_name], gates)
+        compare_output(
+            name,
+            ref_out[name],
+            cand_out[cand_name],
+            gates,
+            reference=reference,
+            candidate=candidate,
+        )
         for name, cand_name in zip(ref_out, cand_out, strict=True)
     ]
     samples = len(next(iter(ref_out.values())))
+    if labels is not None and len(labels) != samples:
+        raise DataError(f"{len(labels)} labels for {samples} samples: give one label per sample")
     report = ValidationReport(reference, candidate, samples, outputs)
     if labels is not None and task == "classification":
         first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))

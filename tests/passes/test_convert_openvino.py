@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset
-from shipyard.errors import DataError, ShipyardError
+from shipyard.errors import ConvertError, DataError, PassError
 from shipyard.passes.context import PassContext
 from shipyard.passes.convert_openvino import (
     OpenVinoConfig,
@@ -124,7 +124,7 @@ def test_fp16_from_an_openvino_fp32_artifact(
     gates = Gates(min_top1_agreement=0.99, max_accuracy_drop=0.005, min_cosine=0.9999)
     report = validate(digits_torch, fp16, held_out, gates)
     assert report.passed, [g.describe() for g in report.failures()]
-    with pytest.raises(ShipyardError, match="ONNX \\(or fp32 OpenVINO\\)"):
+    with pytest.raises(ConvertError, match="ONNX \\(or fp32 OpenVINO\\)"):
         convert_openvino(fp16, tmp_path / "c.xml")
 
 
@@ -149,13 +149,13 @@ def test_a_failure_leaves_the_previous_ir_whole(digits_onnx: Artifact, tmp_path:
     # after saving fails, between writing the files and renaming them.
     signature = Signature(inputs=(TensorSpec(name="x", shape=("batch", 1, "h", 8)),))
     liar = Artifact("onnx", "onnx", signature, path=digits_onnx.path)
-    with pytest.raises(ShipyardError, match="dimension 2 must stay dynamic"):
+    with pytest.raises(ConvertError, match="dimension 2 must stay dynamic"):
         convert_openvino(liar, target)
     assert {f.name: f.read_bytes() for f in good.files()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
     # and into an empty folder: no .xml, no .bin, no temporary folder
     empty = tmp_path / "empty"
-    with pytest.raises(ShipyardError, match="must stay dynamic"):
+    with pytest.raises(ConvertError, match="must stay dynamic"):
         convert_openvino(liar, empty / "model.xml")
     assert list(empty.iterdir()) == []
 
@@ -164,7 +164,7 @@ def test_sources_refuse_what_they_cannot_convert(
     digits_torch: Artifact, digits_onnx: Artifact, tmp_path: Path
 ) -> None:
     context = _context(tmp_path, digits_torch)
-    with pytest.raises(ShipyardError, match="put 'export' before it"):
+    with pytest.raises(ConvertError, match="put 'export' before it"):
         run_convert_openvino(digits_torch, OpenVinoConfig(), context)
     # After a torch pass (prune) the recipe's module is not the latest one any more.
     pruned = Artifact(
@@ -174,7 +174,7 @@ def test_sources_refuse_what_they_cannot_convert(
         path=digits_onnx.path,
         provenance=[PassRecord("prune", {"amount": 0.5}, 0.0), *digits_onnx.provenance],
     )
-    with pytest.raises(ShipyardError, match="made by prune, export"):
+    with pytest.raises(PassError, match="made by prune, export"):
         run_convert_openvino(pruned, OpenVinoConfig(source="torch"), context)
     assert list(tmp_path.iterdir()) == []
 
@@ -184,7 +184,7 @@ def test_a_second_pass_may_not_overwrite_the_first(
 ) -> None:
     context = _context(tmp_path, digits_torch)
     run_convert_openvino(digits_onnx, OpenVinoConfig(), context)
-    with pytest.raises(ShipyardError, match="give this convert_openvino its own 'filename'"):
+    with pytest.raises(PassError, match="give this convert_openvino its own 'filename'"):
         run_convert_openvino(digits_torch, OpenVinoConfig(source="torch"), context)
 
 

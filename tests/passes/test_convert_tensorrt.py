@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
-from shipyard.errors import MissingExtraError, ShipyardError
+from shipyard.errors import ConvertError, MissingExtraError, PassError
 from shipyard.passes.context import PassContext
 from shipyard.passes.convert_tensorrt import (
     TensorRtConfig,
@@ -107,13 +107,13 @@ def test_config_is_strict() -> None:
 def test_only_onnx_artifacts_are_converted(
     small_torch: Artifact, small_onnx: Artifact, tmp_path: Path
 ) -> None:
-    with pytest.raises(ShipyardError, match="needs an ONNX artifact.*put 'export'"):
+    with pytest.raises(ConvertError, match="needs an ONNX artifact.*put 'export'"):
         run_convert_tensorrt(small_torch, TensorRtConfig(), _context(tmp_path, small_torch))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_needs_a_qdq_model(small_onnx: Artifact, tmp_path: Path) -> None:
-    with pytest.raises(ShipyardError, match="no QuantizeLinear nodes.*mode: static, format: qdq"):
+    with pytest.raises(ConvertError, match="no QuantizeLinear nodes.*mode: static, format: qdq"):
         convert_tensorrt(small_onnx, tmp_path / "m.plan", TensorRtConfig(precision="int8"))
     assert list(tmp_path.iterdir()) == []
 
@@ -132,7 +132,7 @@ def test_int8_refuses_asymmetric_qdq(
     config = getattr(QuantizeConfig, preset)()
     quantized = quantize_onnx(small_onnx, tmp_path / "q.onnx", config, calibration)
     target = tmp_path / "out" / "m.plan"
-    with pytest.raises(ShipyardError, match=reason) as caught:
+    with pytest.raises(ConvertError, match=reason) as caught:
         convert_tensorrt(quantized, target, TensorRtConfig(precision="int8"))
     message = str(caught.value)
     assert "symmetric int8 QDQ" in message and "'ActivationSymmetric': True" in message
@@ -148,7 +148,7 @@ def test_symmetric_qdq_passes_the_check(symmetric_qdq: Artifact) -> None:
 def test_a_quantized_model_is_built_as_int8_only(symmetric_qdq: Artifact, tmp_path: Path) -> None:
     for precision in ("fp32", "fp16"):
         config = TensorRtConfig(precision=precision)
-        with pytest.raises(ShipyardError, match="is quantized.*precision: int8"):
+        with pytest.raises(ConvertError, match="is quantized.*precision: int8"):
             convert_tensorrt(symmetric_qdq, tmp_path / "m.plan", config)
 
 
@@ -197,15 +197,15 @@ def test_profile_covers_every_dynamic_dim() -> None:
 
 def test_profile_refuses_a_network_that_lost_a_dynamic_dim() -> None:
     signature = Signature(inputs=(TensorSpec(name="x", shape=("batch", 1, 8, 8)),))
-    with pytest.raises(ShipyardError, match="fixes dimension 0 of input 'x' to 1"):
+    with pytest.raises(ConvertError, match="fixes dimension 0 of input 'x' to 1"):
         profile_shapes({"x": (1, 1, 8, 8)}, signature, TensorRtConfig())
-    with pytest.raises(ShipyardError, match="does not describe"):
+    with pytest.raises(ConvertError, match="does not describe"):
         profile_shapes({"x": (-1, 8, 8)}, signature, TensorRtConfig())
 
 
 def test_a_second_pass_may_not_overwrite_the_first(small_onnx: Artifact, tmp_path: Path) -> None:
     (tmp_path / "model.fp16.plan").write_bytes(b"earlier")
-    with pytest.raises(ShipyardError, match="give this convert_tensorrt its own 'filename'"):
+    with pytest.raises(PassError, match="give this convert_tensorrt its own 'filename'"):
         run_convert_tensorrt(
             small_onnx, TensorRtConfig(precision="fp16"), _context(tmp_path, small_onnx)
         )

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
-from shipyard.errors import DataError, MissingExtraError, ShipyardError
+from shipyard.errors import DataError, MissingExtraError, PassError
 from shipyard.passes.context import PassContext
 from shipyard.passes.convert_tflite import TfliteConfig, convert_tflite, run_convert_tflite
 from shipyard.passes.prune import PruneConfig, run_prune
@@ -151,7 +151,7 @@ def test_a_file_made_after_a_torch_pass_cannot_be_converted(
         "onnx", "onnx", digits_onnx.signature, path=digits_onnx.path,
         provenance=[*pruned.provenance, *digits_onnx.provenance],
     )  # fmt: skip
-    with pytest.raises(ShipyardError, match="from: <name>"):
+    with pytest.raises(PassError, match="from: <name>"):
         run_convert_tflite(after, TfliteConfig(), context)
     # From the ONNX file made from the recipe's model, the model itself is converted.
     result = run_convert_tflite(digits_onnx, TfliteConfig(), context)

@@ -17,10 +17,11 @@ from torch import nn
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
+from shipyard.errors import FinetuneError
 from shipyard.examples import digits
 from shipyard.passes.context import PassContext
 from shipyard.passes.export import export_onnx
-from shipyard.passes.finetune import FinetuneConfig, FinetuneError, accuracy, run_finetune
+from shipyard.passes.finetune import FinetuneConfig, accuracy, run_finetune
 from shipyard.passes.prune import PruneConfig, run_prune
 from shipyard.runtimes import open_session
 from shipyard.signature import Signature, TensorSpec
@@ -75,8 +76,6 @@ def test_structured_pruning_reaches_half_the_macs(setup: Setup) -> None:
     notes = setup.pruned.provenance[-1].notes
     assert notes["macs_after"] <= (0.5 + MACS_TOLERANCE) * notes["macs_before"]
     assert notes["params_after"] < 0.6 * notes["params_before"]
-    for when in ("before", "after"):
-        assert set(notes["latency_p50_ms"][when]) == {"1", "8"}
     # Without fine-tuning the pruned model is clearly worse: that is why finetune exists.
     assert _held_out(setup.pruned, setup.context) < _held_out(setup.reference, setup.context)
 
@@ -101,7 +100,10 @@ def test_finetune_recovers_accuracy_within_one_point(setup: Setup, distill: bool
 def test_inputs_are_never_modified(setup: Setup, digits_model: nn.Module) -> None:
     for key, value in _state(setup.pruned.module).items():
         assert torch.equal(value, setup.pruned_state[key])
-    assert sum(p.numel() for p in digits_model.parameters()) == 94_186
+    # The teacher (the recipe's model) keeps its weights: compare with the cached checkpoint.
+    pristine = digits.trained().state_dict()
+    for key, value in digits_model.state_dict().items():
+        assert torch.equal(value, pristine[key]), key
     assert not digits_model.training
 
 

@@ -14,12 +14,13 @@ from torch import nn
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
+from shipyard.errors import PruneError
 from shipyard.examples import digits as digits_data
 from shipyard.examples.digits import DigitsCNN
 from shipyard.examples.resnet import resnet18
 from shipyard.passes.context import PassContext
 from shipyard.passes.export import export_onnx
-from shipyard.passes.prune import PruneConfig, PruneError, prune_module, run_prune
+from shipyard.passes.prune import PruneConfig, prune_module, run_prune
 from shipyard.runtimes import open_session
 from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import torch_artifact
@@ -130,7 +131,7 @@ def test_structured_resnet18_keeps_residuals_consistent_and_exports(
     assert notes["kept_whole"] == ["fc"]
     assert notes["params_after"] < 0.6 * notes["params_before"] == 0.6 * 11_689_512
     assert notes["macs_after"] < notes["macs_before"]
-    assert set(notes["latency_p50_ms"]["after"]) == {"1", "8"}
+    assert not [key for key in notes if "latency" in key or "speedup" in key]  # bench's job
     assert sum(p.numel() for p in _net(resnet).parameters()) == 11_689_512  # input untouched
 
     exported = export_onnx(pruned, tmp_path / "pruned.onnx")

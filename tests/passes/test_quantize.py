@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
-from shipyard.errors import DataError, ShipyardError
+from shipyard.errors import DataError, QuantizeError
+from shipyard.passes import quantize
 from shipyard.passes.context import PassContext
 from shipyard.passes.quantize import PRESETS, QuantizeConfig, quantize_onnx, run_quantize
 from shipyard.runtimes import open_session
@@ -131,10 +132,10 @@ def test_excluded_nodes_stay_float(
 def test_bad_exclusions_list_real_names(digits_onnx: Artifact, tmp_path: Path) -> None:
     names = [n.name for n in onnx.load(str(digits_onnx.path)).graph.node]
     config = QuantizeConfig.dynamic_s8(exclude_nodes=["/head/*"])
-    with pytest.raises(ShipyardError, match="'/head/\\*' matches none") as error:
+    with pytest.raises(QuantizeError, match="'/head/\\*' matches none") as error:
         quantize_onnx(digits_onnx, tmp_path / "q.onnx", config)
     assert sum(name in str(error.value) for name in names) == 5
-    with pytest.raises(ShipyardError, match="'conv' is not in the model.*Conv, Gemm"):
+    with pytest.raises(QuantizeError, match="'conv' is not in the model.*Conv, Gemm"):
         quantize_onnx(
             digits_onnx, tmp_path / "q.onnx", QuantizeConfig.fp16(exclude_op_types=["conv"])
         )
@@ -186,7 +187,7 @@ def test_pass_calibrates_on_train_data_when_no_calibration_set(
 
 def test_torch_input_is_refused(digits_torch: Artifact, tmp_path: Path) -> None:
     source = digits_torch
-    with pytest.raises(ShipyardError, match="put 'export' before 'quantize'"):
+    with pytest.raises(QuantizeError, match="put 'export' before 'quantize'"):
         quantize_onnx(source, tmp_path / "q.onnx", QuantizeConfig.dynamic_s8())
 
 
@@ -258,3 +259,23 @@ def test_explicit_reduce_range_is_used_and_recorded(
     assert validate(digits_onnx, out, held_out, Gates(max_accuracy_drop=0.01)).passed
     auto_u8 = quantize_onnx(digits_onnx, tmp_path / "u8.onnx", QuantizeConfig.dynamic_u8())
     assert auto_u8.provenance[-1].notes["reduce_range"] is False  # u8u8 never saturates
+
+
+@pytest.mark.parametrize(
+    ("isa", "expected", "reason"),
+    [
+        (["avx2", "sse4_2"], True, "x86 CPU without VNNI"),  # u8s8 kernels may saturate
+        (["avx2", "avx512_vnni", "avx512f"], False, "has avx512_vnni"),
+        (["avx2", "avx_vnni"], False, "has avx_vnni"),
+        (["asimd", "neon"], False, "not an x86 CPU"),
+        ([], False, "isa unknown"),
+    ],
+)
+def test_auto_reduce_range_follows_the_cpus_isa(
+    isa: list[str], expected: bool, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quantize, "hardware_fingerprint", lambda: {"isa": isa})
+    decided, why = quantize._decide_reduce_range(QuantizeConfig.static_qdq_u8s8())
+    assert decided is expected and why.startswith("auto: ") and reason in why
+    # uint8 weights never need it, whatever the CPU
+    assert quantize._decide_reduce_range(QuantizeConfig.dynamic_u8())[0] is False

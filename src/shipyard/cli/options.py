@@ -111,7 +111,7 @@ def distinct_labels(names: list[str], origins: list[str]) -> list[str]:
 def _borrowed_signature(specs: list[str]) -> Signature | None:
     """The inputs of the first package or ONNX file among ``specs``, for torch sources."""
     from shipyard.package import is_package, load_package
-    from shipyard.sources import onnx_signature
+    from shipyard.runtimes.onnxruntime import onnx_signature
 
     for spec in specs:
         path = Path(split_label(spec)[1])

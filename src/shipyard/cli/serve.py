@@ -69,7 +69,7 @@ def inspect(
 ) -> None:
     """Show a package's artifacts and signature, or an ONNX file's signature."""
     from shipyard.package import is_package, load_package
-    from shipyard.sources import onnx_signature
+    from shipyard.runtimes.onnxruntime import onnx_signature
 
     if path.is_dir() and is_package(path):
         package = load_package(path)

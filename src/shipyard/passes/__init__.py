@@ -2,13 +2,14 @@
 
 A pass declares its typed config once (a pydantic model); the recipe schema for the
 ``passes:`` list is generated from this registry, so the config is also the documentation.
+What a pass makes (a torch module or a file) is declared here too, and nowhere else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -27,9 +28,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PassSpec:
+    """One registered pass.
+
+    ``makes`` is what ``run`` returns: ``"module"``, a new torch module that replaces the
+    model for later steps (prune, finetune); ``"file"``, a file artifact made from its input
+    while the torch module stays as it was (export, quantize, convert_*). A file is validated,
+    benchmarked and packaged; a module is what later torch passes start from.
+    """
+
     name: str
     config: type[BaseModel]
     run: Callable[[Artifact, Any, PassContext], Artifact]
+    makes: Literal["module", "file"]
     summary: str
 
 
@@ -40,25 +50,29 @@ PASSES: dict[str, PassSpec] = {
             "prune",
             PruneConfig,
             run_prune,
+            "module",
             "torch module -> pruned torch module (l1_unstructured or structured)",
         ),
         PassSpec(
             "finetune",
             FinetuneConfig,
             run_finetune,
+            "module",
             "torch module -> fine-tuned torch module (needs data: train:)",
         ),
-        PassSpec("export", ExportConfig, run_export, "torch module -> ONNX file"),
+        PassSpec("export", ExportConfig, run_export, "file", "torch module -> ONNX file"),
         PassSpec(
             "convert_openvino",
             OpenVinoConfig,
             run_convert_openvino,
+            "file",
             "ONNX file or torch module -> OpenVINO IR (.xml + .bin): fp32, fp16 or int8 (NNCF)",
         ),
         PassSpec(
             "convert_tflite",
             TfliteConfig,
             run_convert_tflite,
+            "file",
             "torch module -> TFLite (LiteRT) file: fp32, dynamic_int8, weight_only_int8 or "
             "int8 (PT2E, calibrated); optional NHWC I/O",
         ),
@@ -66,6 +80,7 @@ PASSES: dict[str, PassSpec] = {
             "convert_tensorrt",
             TensorRtConfig,
             run_convert_tensorrt,
+            "file",
             "ONNX file -> TensorRT engine (.plan + .plan.json build record): fp32, fp16, "
             "int8 from symmetric QDQ; built on and for this machine's NVIDIA GPU",
         ),
@@ -73,6 +88,7 @@ PASSES: dict[str, PassSpec] = {
             "quantize",
             QuantizeConfig,
             run_quantize,
+            "file",
             "ONNX file -> int8 (dynamic or static QDQ) or fp16 ONNX file",
         ),
     )

@@ -8,12 +8,7 @@ from pathlib import Path
 
 from shipyard.artifact import Artifact
 from shipyard.data import Dataset
-from shipyard.errors import ShipyardError
-
-# Passes that make files and leave the torch module as it was (the reference stays current).
-FILE_PASSES = frozenset(
-    {"export", "quantize", "convert_openvino", "convert_tflite", "convert_tensorrt"}
-)
+from shipyard.errors import PassError
 
 
 @dataclass
@@ -33,7 +28,7 @@ class PassContext:
         (the package folder starts empty); the error names the step's ``fields`` to change."""
         path = self.output_path(filename)
         if path.exists():
-            raise ShipyardError(
+            raise PassError(
                 f"{step}: {path.name} was already written by an earlier pass of this recipe; "
                 f"give this {step} its own {fields}"
             )
@@ -50,8 +45,12 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
 
     ``artifact`` itself when it is a module (after ``prune``/``finetune``, or the model);
     ``reference`` (the recipe's model) when ``artifact`` is a file made from it by file-level
-    passes only. After any other pass that module is gone: ShipyardError, naming ``what``.
+    passes only (those whose registry entry ``makes`` a file: they leave the module as it
+    was). After any other pass that module is gone: PassError, naming ``what``.
     """
+    # Imported here: the registry imports the passes, and the passes import this module.
+    from shipyard.passes import PASSES
+
     if artifact.format == "torch":
         return artifact
     base = len(reference.provenance) if reference is not None else 0
@@ -59,11 +58,11 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
     if (
         reference is not None
         and artifact.provenance[:base] == reference.provenance
-        and all(record.name in FILE_PASSES for record in steps)
+        and all(r.name in PASSES and PASSES[r.name].makes == "file" for r in steps)
     ):
         return reference
     done = ", ".join(r.name for r in steps) or "no recorded passes"
-    raise ShipyardError(
+    raise PassError(
         f"{what} needs the torch module, but {artifact.describe()} was made by {done}, and "
         f"the module after those torch passes is gone; start this step from the torch "
         f"artifact with 'from: <name>' (e.g. from: torch-pruned) or put it right after the "

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset, check_dataset
-from shipyard.errors import DataError, MissingExtraError, ShipyardError
+from shipyard.errors import ConvertError, DataError, MissingExtraError, ShipyardError
 from shipyard.passes.context import torch_source
 from shipyard.passes.quiet import quiet
 from shipyard.runtimes.openvino import import_openvino
@@ -82,7 +82,7 @@ def _read_source(ov: Any, artifact: Artifact, source: Artifact | None) -> Any:
     if source is not None:
         import torch
 
-        from shipyard.runtimes.torch import eval_mode
+        from shipyard.torch_modules import eval_mode
 
         assert source.module is not None
         feeds = source.signature.example_inputs(batch=2)  # 2, not 1: size-1 dims specialize
@@ -104,7 +104,7 @@ def _read_source(ov: Any, artifact: Artifact, source: Artifact | None) -> Any:
     )
     if artifact.format == "openvino" and fp32 and artifact.path is not None:
         return ov.Core().read_model(str(artifact.path))
-    raise ShipyardError(
+    raise ConvertError(
         f"convert_openvino with source: onnx needs an ONNX (or fp32 OpenVINO) artifact, got "
         f"{artifact.describe()}: put 'export' before it in the recipe's passes, or use "
         f"source: torch"
@@ -116,7 +116,7 @@ def _name_ports(model: Any, signature: Signature) -> None:
     unnamed); names make the IR self-describing for other OpenVINO tools."""
     for ports, specs in ((model.inputs, signature.inputs), (model.outputs, signature.outputs)):
         if specs and len(ports) != len(specs):
-            raise ShipyardError(
+            raise ConvertError(
                 f"the OpenVINO model has {len(ports)} ports where the signature has "
                 f"{len(specs)}: {[s.name for s in specs]}"
             )
@@ -133,7 +133,7 @@ def _check_shapes(ov: Any, xml: Path, signature: Signature) -> dict[str, str]:
         shapes[spec.name] = str(shape)
         for axis, dim in enumerate(spec.shape):
             if shape.rank.is_dynamic or (isinstance(dim, str) and shape[axis].is_static):
-                raise ShipyardError(
+                raise ConvertError(
                     f"the OpenVINO IR gives input '{spec.name}' the shape {shape}, but the "
                     f"signature declares {spec.describe()}: dimension {axis} must stay dynamic"
                 )
@@ -211,7 +211,7 @@ def convert_openvino(
     = samples; its first ``calibration_samples`` are used) is needed by ``precision: int8``.
     The result has the signature and provenance of what was converted: ``artifact``, or with
     ``source: torch`` the torch module (``reference`` when ``artifact`` is a file). Raises
-    ShipyardError for an input the source cannot use or a conversion failure (with OpenVINO's
+    ConvertError for an input the source cannot use or a conversion failure (with OpenVINO's
     reason), DataError for missing or mismatched calibration data, MissingExtraError without
     openvino (or nncf, for int8).
     """
@@ -244,7 +244,7 @@ def convert_openvino(
     except ShipyardError:
         raise
     except Exception as error:  # OpenVINO's frontends raise RuntimeError/OpConversionFailure
-        raise ShipyardError(
+        raise ConvertError(
             f"convert_openvino ({config.source} -> {config.precision}) failed on "
             f"{artifact.describe()}: {type(error).__name__}: {error}"
         ) from error

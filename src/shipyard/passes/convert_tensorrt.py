@@ -43,7 +43,7 @@ from onnx import numpy_helper
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shipyard.artifact import Artifact, PassRecord, atomic_path, sha256_file, write_text_atomic
-from shipyard.errors import ShipyardError
+from shipyard.errors import ConvertError
 from shipyard.runtimes.tensorrt import (
     RECORD_FORMAT,
     build_environment,
@@ -200,7 +200,7 @@ def _float16_weights(model: onnx.ModelProto) -> bool:
 def check_source(artifact: Artifact, config: TensorRtConfig) -> onnx.ModelProto:
     """The artifact's ONNX graph (weights not loaded), after the checks that need no GPU."""
     if artifact.format != "onnx" or artifact.path is None:
-        raise ShipyardError(
+        raise ConvertError(
             f"convert_tensorrt needs an ONNX artifact, got {artifact.describe()}: put 'export' "
             f"(and for int8 a static QDQ 'quantize') before it in the recipe's passes"
         )
@@ -208,12 +208,12 @@ def check_source(artifact: Artifact, config: TensorRtConfig) -> onnx.ModelProto:
     if config.precision == "int8":
         problems = qdq_problems(model)
         if problems:
-            raise ShipyardError(
+            raise ConvertError(
                 f"convert_tensorrt with precision int8 cannot use {artifact.describe()}: "
                 f"{'; '.join(problems)}. TensorRT needs symmetric int8 QDQ; {_SYMMETRIC_HINT}"
             )
     elif _is_quantized(model):
-        raise ShipyardError(
+        raise ConvertError(
             f"{artifact.describe()} is quantized (QuantizeLinear/DequantizeLinear nodes): build "
             f"it with precision: int8, or convert the float ONNX with precision "
             f"{config.precision}"
@@ -237,7 +237,7 @@ def profile_shapes(
             signature.inputs[position] if position < len(signature.inputs) else None
         )
         if spec is None or len(spec.shape) != len(shape):
-            raise ShipyardError(
+            raise ConvertError(
                 f"TensorRT parsed input '{name}' with shape {list(shape)}, which the signature "
                 f"({signature.describe_inputs()}) does not describe"
             )
@@ -246,7 +246,7 @@ def profile_shapes(
         high: list[int] = []
         for axis, (dim, declared) in enumerate(zip(shape, spec.shape, strict=True)):
             if dim >= 0 and isinstance(declared, str):
-                raise ShipyardError(
+                raise ConvertError(
                     f"the ONNX file fixes dimension {axis} of input '{name}' to {dim}, but the "
                     f"signature declares {spec.describe()}: export it with that dim dynamic"
                 )
@@ -275,7 +275,7 @@ def _set_precision(trt: Any, builder_config: Any, config: TensorRtConfig, fp16_o
             builder_config.set_flag(fp16)
             return "weakly typed, BuilderFlag.FP16"
         if not fp16_onnx:
-            raise ShipyardError(
+            raise ConvertError(
                 f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (TensorRT 11 builds strongly "
                 f"typed networks only): convert the ONNX to float16 first (quantize: {{mode: "
                 f"fp16}}) and build that with precision: fp16"
@@ -306,7 +306,7 @@ def build_engine(
     # parse_from_file, not parse(bytes): the parser then finds external weights (.onnx.data)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ShipyardError(
+        raise ConvertError(
             f"TensorRT {trt.__version__} cannot parse {onnx_path.name}: "
             f"{'; '.join(errors) or '; '.join(logger.errors) or 'no reason given'}"
             f"{_failure_hint(model)}"
@@ -328,7 +328,7 @@ def build_engine(
         builder_config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
-        raise ShipyardError(
+        raise ConvertError(
             f"TensorRT {trt.__version__} could not build an engine from {onnx_path.name} "
             f"(precision {config.precision}, workspace {config.workspace_mb} MB): "
             f"{'; '.join(logger.errors[-5:]) or 'no reason given'}{_failure_hint(model)}"
@@ -343,7 +343,7 @@ def convert_tensorrt(
 
     Checks that need no GPU come first (format, QDQ for int8), then TensorRT is imported
     (MissingExtraError without the ``tensorrt`` extra) and a CUDA GPU is required
-    (BackendError). Raises ShipyardError when TensorRT cannot parse or build the model, with
+    (BackendError). Raises ConvertError when TensorRT cannot parse or build the model, with
     TensorRT's reason. The plan is written atomically; the build record after it.
     """
     config = config or TensorRtConfig()

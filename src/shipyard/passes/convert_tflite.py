@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipyard.artifact import Artifact, PassRecord, atomic_path
 from shipyard.data import Dataset, check_dataset
-from shipyard.errors import DataError, MissingExtraError, ShipyardError
+from shipyard.errors import ConvertError, DataError, MissingExtraError, ShipyardError
 from shipyard.passes.context import torch_source
 from shipyard.passes.quiet import quiet
 from shipyard.signature import Signature
@@ -110,7 +110,7 @@ def _nhwc_signature(signature: Signature) -> Signature:
     inputs = []
     for spec in signature.inputs:
         if len(spec.shape) != 4:
-            raise ShipyardError(
+            raise ConvertError(
                 f"channels_last_io needs 4-D image inputs, but {spec.describe()} is not; "
                 f"use channels_last_io: false"
             )
@@ -316,7 +316,7 @@ def convert_tflite(
     """Convert the torch module behind ``artifact`` to a ``.tflite`` file at ``path``.
 
     ``reference`` is the torch artifact a file artifact was made from (see the module
-    docstring); ``calibration`` is needed by ``precision: int8``. Raises ShipyardError when
+    docstring); ``calibration`` is needed by ``precision: int8``. Raises ConvertError when
     the conversion fails (with litert-torch's reason), DataError for missing calibration
     data, MissingExtraError without the ``tflite`` extra.
     """
@@ -350,10 +350,10 @@ def convert_tflite(
                     notes["ai_edge_quantizer"] = _version("ai-edge-quantizer")
                     notes["recipe"] = _AEQ_RECIPES[config.precision]
                     content = _quantize_weights(content, config.precision)
-    except (ShipyardError, DataError):
+    except ShipyardError:  # ours (DataError included) already say what to do
         raise
     except Exception as error:
-        raise ShipyardError(
+        raise ConvertError(
             f"convert_tflite ({config.precision}) failed on {source.describe()}: "
             f"{type(error).__name__}: {str(error).strip()[:800]}"
         ) from error

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from shipyard.artifact import Artifact, PassRecord, atomic_path
 from shipyard.errors import ExportError
 from shipyard.passes.quiet import quiet
-from shipyard.runtimes.torch import eval_mode, output_names
+from shipyard.runtimes.onnxruntime import onnx_signature
 from shipyard.signature import Signature
+from shipyard.torch_modules import eval_mode, output_names
 
 if TYPE_CHECKING:
     from shipyard.passes.context import PassContext
@@ -204,8 +205,6 @@ def export_onnx(
             raise ExportError(f"cannot export to ONNX: {summarize_export_error(error)}") from error
         notes = _check_and_simplify(tmp, config.simplify)
     notes["exporter"] = exporter
-    from shipyard.sources import onnx_signature
-
     exported = onnx_signature(path)
     onnx_sig = Signature(inputs=signature.inputs, outputs=exported.outputs)
     record = PassRecord("export", config.model_dump(), time.perf_counter() - started, notes)

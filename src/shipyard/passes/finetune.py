@@ -23,17 +23,13 @@ from torch.nn import functional as F
 
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset
-from shipyard.errors import ShipyardError
-from shipyard.runtimes.torch import eval_mode, flatten_outputs
+from shipyard.errors import FinetuneError
+from shipyard.torch_modules import eval_mode, flatten_outputs
 
 if TYPE_CHECKING:
     from shipyard.passes.context import PassContext
 
 _EVAL_BATCH = 256
-
-
-class FinetuneError(ShipyardError):
-    """Fine-tuning cannot run: no training data, labels unusable, no torch model or teacher."""
 
 
 class FinetuneConfig(BaseModel):

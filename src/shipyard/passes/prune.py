@@ -8,13 +8,13 @@
   additions, concatenations, grouped convs stay consistent). The model gets smaller and
   faster, and loses accuracy until it is fine-tuned (``finetune`` pass). The layers producing
   the outputs (the classifier) are kept whole, and the output shapes are checked unchanged.
+  The notes count params and MACs before and after; latency is the bench step's to measure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import difflib
 import time
 import zlib
@@ -27,8 +27,8 @@ from torch import nn
 
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset
-from shipyard.errors import ShipyardError
-from shipyard.runtimes.torch import eval_mode, flatten_outputs
+from shipyard.errors import PruneError, ShipyardError
+from shipyard.torch_modules import eval_mode, flatten_outputs
 
 if TYPE_CHECKING:
     from shipyard.passes.context import PassContext
@@ -45,10 +45,6 @@ _TARGET_MAX_RATIO = 0.9  # never remove more than 90% of a layer's channels
 _TAYLOR_SAMPLES = 128  # training samples whose loss gradients rank channels (taylor)
 _TAYLOR_BATCH = 32
 _ZLIB_LEVEL = 6  # what gzip uses by default
-
-
-class PruneError(ShipyardError):
-    """Pruning cannot run as configured, or Torch-Pruning cannot handle the model."""
 
 
 class PruneConfig(BaseModel):
@@ -384,24 +380,6 @@ def _refuse_without_training(config: PruneConfig, context: PassContext) -> None:
     )
 
 
-def _latency(before: Artifact, after: Artifact) -> dict[str, Any]:
-    """Measured p50 latency (ms) of both models, 1 thread, batch 1 and 8, interleaved."""
-    from shipyard.bench import bench
-
-    threads = torch.get_num_threads()
-    pair = [dataclasses.replace(before, name="before"), dataclasses.replace(after, name="after")]
-    try:
-        report = bench(pair, batch_sizes=(1, 8), threads=1, warmup=3, runs=20, max_seconds=3)
-    finally:
-        torch.set_num_threads(threads)  # the torch session sets the process-wide pool
-    p50 = {r.name: {str(s.batch): round(s.p50_ms, 4) for s in r.latency} for r in report.results}
-    return {
-        "latency_p50_ms": p50,
-        "speedup_measured": {b: round(p50["before"][b] / p50["after"][b], 3) for b in ("1", "8")},
-        "latency_threads": 1,
-    }
-
-
 def run_prune(artifact: Artifact, config: PruneConfig, context: PassContext) -> Artifact:
     """The ``prune`` pass: a new torch artifact ``torch-pruned`` with the same signature."""
     if artifact.format != "torch" or artifact.module is None:
@@ -416,9 +394,8 @@ def run_prune(artifact: Artifact, config: PruneConfig, context: PassContext) -> 
     module, notes = prune_module(
         artifact.module, config, inputs, context.data.get("train"), signature.input_names
     )
+    # Latency is measured by the build's bench step (and each optimize candidate's), not here.
     pruned = Artifact("torch-pruned", "torch", signature, module=module)
-    if config.method == "structured":
-        notes.update(_latency(artifact, pruned))
     record = PassRecord("prune", config.model_dump(), time.perf_counter() - started, notes=notes)
     pruned.provenance = [*artifact.provenance, record]
     context.log.info("prune: %s", {k: v for k, v in notes.items() if "ratio" in k})

@@ -31,9 +31,9 @@ from onnxruntime import quantization as ortq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipyard.artifact import Artifact, PassRecord, atomic_path
-from shipyard.bench import hardware_fingerprint
 from shipyard.data import Dataset, check_dataset
-from shipyard.errors import DataError, ShipyardError
+from shipyard.errors import DataError, QuantizeError
+from shipyard.hardware import hardware_fingerprint
 from shipyard.passes.quiet import quiet
 from shipyard.signature import Signature, TensorSpec
 
@@ -258,7 +258,7 @@ def _resolve_exclusions(graph: onnx.GraphProto, config: QuantizeConfig) -> list[
         matched = fnmatch.filter(names, pattern)
         if not matched:
             close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.0)
-            raise ShipyardError(
+            raise QuantizeError(
                 f"quantize: exclude_nodes pattern {pattern!r} matches none of the model's "
                 f"{len(names)} nodes; closest names: {', '.join(close)}"
             )
@@ -266,7 +266,7 @@ def _resolve_exclusions(graph: onnx.GraphProto, config: QuantizeConfig) -> list[
     op_types = sorted({node.op_type for node in graph.node})
     for op_type in config.exclude_op_types:
         if op_type not in op_types:
-            raise ShipyardError(
+            raise QuantizeError(
                 f"quantize: exclude_op_types {op_type!r} is not in the model; its op types: "
                 f"{', '.join(op_types)}"
             )
@@ -380,12 +380,12 @@ def quantize_onnx(
     """Quantize an ONNX artifact into ``path``; return the new artifact.
 
     ``calibration`` (inputs by name, first axis = samples) is needed by ``mode: static``; its
-    first ``calibration_samples`` samples are used. Raises ShipyardError for a non-ONNX input,
+    first ``calibration_samples`` samples are used. Raises QuantizeError for a non-ONNX input,
     an exclusion that matches nothing or a quantizer failure (with ORT's reason), DataError for
     missing or mismatched calibration data.
     """
     if artifact.format != "onnx" or artifact.path is None:
-        raise ShipyardError(
+        raise QuantizeError(
             f"quantize needs an ONNX artifact, got {artifact.describe()}: put 'export' before "
             f"'quantize' in the recipe's passes"
         )
@@ -417,7 +417,7 @@ def quantize_onnx(
                     _quantize_int8(source, tmp, config, reader, **options)
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as error:  # ORT's or the checker's own reason, on one line
-            raise ShipyardError(
+            raise QuantizeError(
                 f"quantize ({config.label()}) failed on {artifact.describe()}: "
                 f"{type(error).__name__}: {error}"
             ) from error

@@ -1,17 +1,23 @@
-"""ONNX Runtime as a Session backend, with explicit threads and verified providers."""
+"""ONNX Runtime as a Session backend, with explicit threads and verified providers.
+
+``onnx_signature(path)`` reads an ONNX file's inputs and outputs, as ``tflite_signature`` and
+``ir_signature`` do for the other file formats.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from shipyard.artifact import Artifact
-from shipyard.errors import BackendError
+from shipyard.errors import BackendError, SourceError
 from shipyard.runtimes.base import Session
+from shipyard.signature import Signature, TensorSpec
 
 # device -> providers in priority order; CPU stays last as ORT requires a fallback.
 _PROVIDERS = {
@@ -19,6 +25,32 @@ _PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+def onnx_signature(path: str | Path) -> Signature:
+    """Read the graph's inputs and outputs (initializers excluded) as a Signature."""
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise SourceError(f"{path} is not a readable ONNX model: {error}") from error
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value: Any) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims: list[int | str] = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(int(dim.dim_value))
+            else:
+                dims.append(dim.dim_param or f"{value.name}_d{axis}")
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        return TensorSpec(name=value.name, dtype=dtype, shape=tuple(dims))
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
+    return Signature(inputs=tuple(inputs), outputs=tuple(spec(v) for v in model.graph.output))
 
 
 class OrtSession(Session):

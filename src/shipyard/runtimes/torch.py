@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,35 +11,7 @@ import torch
 from shipyard.artifact import Artifact
 from shipyard.errors import BackendError
 from shipyard.runtimes.base import Session
-
-
-def flatten_outputs(result: Any) -> list[torch.Tensor]:
-    """A module's return value as a flat list of tensors (tensor, tuple/list, or dict)."""
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, dict):
-        return [t for value in result.values() for t in flatten_outputs(value)]
-    if isinstance(result, (tuple, list)):
-        return [t for value in result for t in flatten_outputs(value)]
-    # HF-style ModelOutput objects are dict subclasses; anything else is unsupported.
-    raise BackendError(f"the model returned {type(result).__name__}; expected tensors")
-
-
-def output_names(count: int, declared: list[str]) -> list[str]:
-    """Declared names when they match the count, else ``output`` / ``output_0..``."""
-    if len(declared) == count:
-        return declared
-    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-
-
-def eval_mode(module: torch.nn.Module) -> torch.nn.Module:
-    """Put ``module`` in eval mode; modules from ``torch.export`` refuse ``eval()``.
-
-    Those were captured in the mode they were exported in, so there is nothing to switch.
-    """
-    with contextlib.suppress(NotImplementedError):
-        module.eval()
-    return module
+from shipyard.torch_modules import eval_mode, flatten_outputs, output_names
 
 
 class TorchSession(Session):
