@@ -28,8 +28,8 @@ def test_build_writes_a_report_with_table_and_plots(tmp_path: Path) -> None:
     assert "| **onnx** |" in markdown and "p50/p99 ms @4" in markdown
     html = (folder / "report.html").read_text()
     assert "<table>" in html and "data:image/png;base64," not in html  # no labels: no plot
-    # Report files are covered by the manifest's hashes.
-    assert "report.md" in result.manifest["files"]
+    # Reports are derived documents: not in the manifest's hashes.
+    assert "report.md" not in result.manifest["files"]
     load_package(folder)
 
 

@@ -23,7 +23,7 @@ from shipyard.bench import BenchReport, bench, hardware_fingerprint
 from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
 from shipyard.events import Stage, StepCallback, StepEvent
-from shipyard.package import SCHEMA_VERSION, file_hashes, preflight, staging, write_manifest
+from shipyard.package import SCHEMA_VERSION, preflight, seal, staging
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
 from shipyard.recipe import Recipe, default_recipe_path, load_recipe
@@ -167,7 +167,10 @@ def finish_package(
     candidates: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the report and ``shipyard.json`` (hashes last, so they cover the report)."""
+    """Write the report and ``shipyard.json``; return the manifest as written.
+
+    The manifest's hashes cover every file but the reports (see ``package.REPORT_FILES``).
+    """
     default = packaged[-1].name if packaged else None
     manifest: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -190,9 +193,7 @@ def finish_package(
         reference, packaged, reports, bench_report, default
     )
     write_report(folder, manifest)
-    manifest["files"] = file_hashes(folder)
-    write_manifest(folder, manifest)
-    return manifest
+    return seal(folder, manifest)
 
 
 def relocate(artifacts: Sequence[Artifact], package_dir: Path) -> list[Artifact]:
