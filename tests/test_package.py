@@ -191,6 +191,42 @@ def test_edited_report_still_loads_inspects_and_serves(package: Path) -> None:
         assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [1, 10]
 
 
+def test_report_command_recreates_a_deleted_report(
+    package: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = (package / MANIFEST).read_bytes()
+    (package / "report.html").unlink()
+    (package / "report.md").write_text("scribbles")
+    assert cli("report", package) == 0
+    assert "<table>" in (package / "report.html").read_text()
+    assert "| 2 | **onnx** ★ chosen |" in (package / "report.md").read_text()
+    # A current manifest is not rewritten (a watching server would reload the version).
+    assert (package / MANIFEST).read_bytes() == manifest
+    assert "updated" not in capsys.readouterr().out
+
+
+def test_report_command_repairs_a_manifest_from_the_previous_version(
+    package: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the previous version wrote: every file hashed, reports included; no digest.
+    manifest = json.loads((package / MANIFEST).read_text())
+    del manifest[MANIFEST_DIGEST]
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(package.iterdir())}
+    del manifest["files"][MANIFEST]
+    (package / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    assert "report.html" in manifest["files"]
+    load_package(package)  # still loads: no digest to check
+    (package / "report.html").unlink()
+    load_package(package)  # derived documents are skipped even where listed
+    assert cli("report", package) == 0
+    assert "shipyard.json updated" in capsys.readouterr().out
+    repaired = json.loads((package / MANIFEST).read_text())
+    assert repaired["files"] == {"model.onnx": manifest["files"]["model.onnx"]}
+    assert repaired[MANIFEST_DIGEST] == content_digest(repaired)
+    assert not list(package.glob(".*.tmp")), "atomic write left its temporary file"
+    load_package(package)
+
+
 def test_a_changed_byte_in_the_model_is_refused(
     package: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
