@@ -24,7 +24,7 @@ from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
 from shipyard.events import Stage, StepCallback, StepEvent
 from shipyard.hardware import hardware_fingerprint
-from shipyard.package import SCHEMA_VERSION, file_hashes, preflight, staging, write_manifest
+from shipyard.package import SCHEMA_VERSION, preflight, seal, staging
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
 from shipyard.recipe import Recipe, default_recipe_path, load_recipe
@@ -169,8 +169,9 @@ def finish_package(
     extra: dict[str, Any] | None = None,
     default: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write the report and ``shipyard.json`` (hashes last, so they cover the report).
+    """Write the report and ``shipyard.json``; return the manifest as written.
 
+    The manifest's hashes cover every file but the reports (see ``package.REPORT_FILES``).
     ``default``: (artifact, why) to serve; default :func:`choose_default`'s rule.
     """
     chosen, reason = default or choose_default(recipe, packaged, reports, bench_report)
@@ -196,9 +197,7 @@ def finish_package(
         reference, packaged, reports, bench_report, chosen
     )
     write_report(folder, manifest)
-    manifest["files"] = file_hashes(folder)
-    write_manifest(folder, manifest)
-    return manifest
+    return seal(folder, manifest)
 
 
 def check_served_artifact(recipe: Recipe, made: Sequence[Artifact]) -> None:

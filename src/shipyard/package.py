@@ -7,6 +7,8 @@ beside it and rename it into place at the end; a failed build removes the stagin
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -114,19 +116,64 @@ def staging(output: Path, name: str, version: int, overwrite: bool = False) -> I
             shutil.rmtree(stage, ignore_errors=True)
 
 
+# Documents derived from the manifest (``shipyard report`` writes them again at will): not
+# served, so editing or deleting one must not break the package. Top-level names only; every
+# other file in the package (model files, processing files such as a tokenizer) is covered.
+REPORT_FILES = ("report.md", "report.html", "report-*.png")
+# The manifest's own checksum: sha256 of its canonical JSON without this field. It catches an
+# accidental edit of shipyard.json; it is not a security feature (signing is).
+MANIFEST_DIGEST = "manifest_sha256"
+# Keys an operator may change in place, left out of the digest: "serving" (batching,
+# instances, version policy; validated when the server loads the version, which reloads on
+# such an edit) and "version" (in a repository the folder name is the version, so a package
+# may be copied into another version folder with its "version" set to match).
+EDITABLE = ("serving", "version")
+
+
+def is_report_file(relative: str | Path) -> bool:
+    """True for a derived document (``REPORT_FILES``), which integrity checks leave out."""
+    parts = Path(relative).parts
+    return len(parts) == 1 and any(fnmatch.fnmatchcase(parts[0], p) for p in REPORT_FILES)
+
+
 def file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file in the package (manifest excluded), by relative path."""
-    return {
-        str(path.relative_to(folder)): sha256_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != MANIFEST
-    }
+    """sha256 of every file in the package by relative path, but the manifest and reports."""
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and relative != MANIFEST and not is_report_file(relative):
+            hashes[relative] = sha256_file(path)
+    return hashes
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    path = folder / MANIFEST
-    write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-    return path
+def content_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of ``manifest``'s canonical JSON (sorted keys, no spaces), without its digest
+    and the ``EDITABLE`` keys."""
+    left_out = {MANIFEST_DIGEST, *EDITABLE}
+    content = {key: value for key, value in manifest.items() if key not in left_out}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``shipyard.json`` atomically with its digest; return the manifest as written.
+
+    Values JSON cannot hold (paths, dates) are written as strings, and the digest is taken
+    over what a reader will get back, so that it checks on load.
+    """
+    written = json.loads(json.dumps(manifest, default=str))
+    written.pop(MANIFEST_DIGEST, None)
+    written[MANIFEST_DIGEST] = content_digest(written)
+    write_text_atomic(folder / MANIFEST, json.dumps(written, indent=2) + "\n")
+    return written
+
+
+def seal(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash the package's files into ``manifest["files"]``, write it; return it as written.
+
+    The last step of a build, once every served file is in ``folder``.
+    """
+    return write_manifest(folder, {**manifest, "files": file_hashes(folder)})
 
 
 @dataclass
@@ -155,7 +202,12 @@ def is_package(folder: Path) -> bool:
 
 
 def load_package(folder: str | Path, verify: bool = True) -> Package:
-    """Read ``shipyard.json`` and its artifacts; with ``verify``, check every sha256."""
+    """Read ``shipyard.json`` and its artifacts.
+
+    With ``verify``: the manifest's digest (when it has one: older packages do not) and the
+    sha256 of every file it lists, report files excepted; every artifact file must be listed.
+    Raises PackageError saying which file changed.
+    """
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -163,11 +215,10 @@ def load_package(folder: str | Path, verify: bool = True) -> Package:
         raise PackageError(f"{folder} is not a package: no {MANIFEST}") from error
     except (OSError, json.JSONDecodeError) as error:
         raise PackageError(f"cannot read {folder / MANIFEST}: {error}") from error
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{folder / MANIFEST} is not a JSON object")
     if verify:
-        for relative, digest in manifest.get("files", {}).items():
-            path = folder / relative
-            if not path.is_file() or sha256_file(path) != digest:
-                raise PackageError(f"{path} is missing or was modified after packaging")
+        _verify_manifest(folder, manifest)
     artifacts = []
     for entry in manifest.get("artifacts", []):
         file = folder / entry["file"]
@@ -175,4 +226,49 @@ def load_package(folder: str | Path, verify: bool = True) -> Package:
             raise PackageError(f"artifact path {entry['file']!r} escapes the package folder")
         signature = Signature.model_validate(entry.get("signature") or manifest["signature"])
         artifacts.append(Artifact(entry["name"], entry["format"], signature, path=file))
+    if verify:
+        _verify_files(folder, manifest.get("files", {}), artifacts)
     return Package(folder, manifest, artifacts)
+
+
+def _verify_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    expected = manifest.get(MANIFEST_DIGEST)
+    if expected is not None and content_digest(manifest) != expected:
+        raise PackageError(
+            f"{folder / MANIFEST} was modified after packaging: its content no longer matches "
+            f"its {MANIFEST_DIGEST} (only {' and '.join(map(repr, EDITABLE))} may be edited in "
+            f"place); restore the original or build the package again"
+        )
+
+
+def _verify_files(folder: Path, files: dict[str, str], artifacts: list[Artifact]) -> None:
+    for relative, digest in files.items():
+        if is_report_file(relative):
+            continue  # listed by packages from before REPORT_FILES; derived, never served
+        path = folder / relative
+        if not path.is_file() or sha256_file(path) != digest:
+            raise PackageError(f"{path} is missing or was modified after packaging")
+    for artifact in artifacts:
+        for path in artifact.files():
+            if path.relative_to(folder).as_posix() not in files:
+                raise PackageError(
+                    f"{path} is served but the manifest holds no sha256 for it; "
+                    f"build the package again"
+                )
+
+
+def repair_manifest(package: Package) -> bool:
+    """Bring a verified package's manifest to the current integrity rules; True if rewritten.
+
+    Packages from before these rules list report files among their hashes and carry no
+    manifest digest: the report entries are dropped and the digest added. The remaining
+    hashes are kept as they are, never recomputed, so a modified model file is not blessed.
+    A manifest already current is left untouched (a rewrite would make a watching server
+    reload the version).
+    """
+    files = package.manifest.get("files", {})
+    kept = {name: digest for name, digest in files.items() if not is_report_file(name)}
+    if kept == files and MANIFEST_DIGEST in package.manifest:
+        return False
+    package.manifest = write_manifest(package.path, {**package.manifest, "files": kept})
+    return True

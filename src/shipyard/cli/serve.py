@@ -103,14 +103,20 @@ def inspect(
 def report(
     package: Annotated[Path, typer.Argument(help="A package folder (OUT/<model>/<version>).")],
 ) -> None:
-    """Write report.md, report.html and the plots of a package again from its manifest."""
-    from shipyard.package import file_hashes, load_package, write_manifest
-    from shipyard.report import write_report
+    """Write report.md, report.html and the plots of a package again from its manifest.
 
-    loaded = load_package(package)
-    written = write_report(loaded.path, loaded.manifest)
-    # The report files are part of the package: keep the manifest's hashes true.
-    loaded.manifest["files"] = file_hashes(loaded.path)
-    write_manifest(loaded.path, loaded.manifest)
+    Edited or deleted reports are fine (they are not covered by the package's hashes); a
+    package whose model files or manifest changed is refused. A manifest written by an older
+    Shipyard is brought up to date.
+    """
+    from shipyard.report import regenerate
+
+    written, repaired = regenerate(package)
     for path in written:
         console.print(f"[green]✓[/] {escape(str(path))}", highlight=False)
+    if repaired:
+        console.print(
+            f"[green]✓[/] {escape(str(package / 'shipyard.json'))} updated: reports are no "
+            "longer in its hashes, and it now carries its own digest",
+            highlight=False,
+        )
