@@ -29,7 +29,8 @@ from shipyard.data import Dataset
 from shipyard.examples.resnet import resnet18
 from shipyard.passes.export import ExportConfig, export_onnx
 from shipyard.passes.prune import PruneConfig, prune_module
-from shipyard.passes.quantize import PRESETS, quantize_onnx
+from shipyard.passes.quantize import quantize_onnx
+from shipyard.passes.quantize_config import PRESETS
 from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import torch_artifact
 

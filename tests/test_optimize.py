@@ -75,9 +75,12 @@ def test_nothing_passing_keeps_the_closest_and_says_by_how_much(tmp_path: Path) 
 
 
 def test_budget_stops_the_search_and_keeps_what_was_evaluated(tmp_path: Path) -> None:
-    result = optimize(_recipe(), tmp_path, settings=_settings(budget=0.5))
+    # A budget spent before the search starts, on any machine: the model exported as it is
+    # is still evaluated (a package needs one artifact); every other candidate is skipped.
+    result = optimize(_recipe(), tmp_path, settings=_settings(budget=1e-9))
     search = result.manifest["search"]
-    assert search["evaluated"] == 1  # the fp32 export, then the budget was spent
+    assert search["evaluated"] == 1 and result.manifest["default_artifact"] == "fp32"
+    assert search["planned"] == 6 and search["skipped_for_budget"] == 5
     assert any("budget spent" in item for item in search["skipped"])
 
 

@@ -36,7 +36,8 @@ from shipyard.passes.context import PassContext
 from shipyard.passes.export import ExportConfig, export_onnx
 from shipyard.passes.finetune import run_finetune
 from shipyard.passes.prune import PruneConfig, run_prune
-from shipyard.passes.quantize import PRESETS, QuantizeConfig, quantize_onnx
+from shipyard.passes.quantize import QuantizeConfig, quantize_onnx
+from shipyard.passes.quantize_config import PRESETS
 from shipyard.recipe import Objective, OptimizeSettings, Recipe
 from shipyard.report import candidate_rows
 from shipyard.validate import Gates, ValidationReport

@@ -27,7 +27,7 @@ from shipyard.imports import is_reference
 from shipyard.passes import PASSES
 from shipyard.passes.export import ExportConfig
 from shipyard.passes.finetune import FinetuneConfig
-from shipyard.passes.quantize import PRESETS
+from shipyard.passes.quantize_config import PRESETS
 from shipyard.problems import location, message
 from shipyard.serve.config import ServingConfig
 from shipyard.signature import Signature

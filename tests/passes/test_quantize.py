@@ -12,7 +12,8 @@ from shipyard.data import Dataset
 from shipyard.errors import DataError, QuantizeError
 from shipyard.passes import quantize
 from shipyard.passes.context import PassContext
-from shipyard.passes.quantize import PRESETS, QuantizeConfig, quantize_onnx, run_quantize
+from shipyard.passes.quantize import QuantizeConfig, quantize_onnx, run_quantize
+from shipyard.passes.quantize_config import PRESETS
 from shipyard.runtimes import open_session
 from shipyard.sources import load_model
 from shipyard.validate import Gates, validate

@@ -184,7 +184,7 @@ def _pass_verb(pass_name: str, model_help: str, output_help: str, data_help: str
     generated = config_parameters(spec.config, skip=("filename",))
     fixed = _common(model_help, output_help, data_help, torch_source)
     if pass_name == "quantize":
-        from shipyard.passes.quantize import PRESETS
+        from shipyard.passes.quantize_config import PRESETS
 
         preset = typer.Option(help="Start from a named preset (options given override it).")
         names = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
@@ -193,7 +193,7 @@ def _pass_verb(pass_name: str, model_help: str, output_help: str, data_help: str
     def verb(**values: Any) -> None:
         base: dict[str, Any] = {}
         if values.get("preset"):
-            from shipyard.passes.quantize import PRESETS
+            from shipyard.passes.quantize_config import PRESETS
 
             base = PRESETS[values["preset"]]().model_dump(exclude_defaults=True)
         options = {k: v for k, v in values.items() if k not in _COMMON_NAMES and k != "preset"}

@@ -55,11 +55,24 @@ class OpenVinoConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["onnx", "torch"] = "onnx"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    calibration_samples: int = Field(default=300, ge=1)  # int8 only
-    filename: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.xml$")
-    name: str | None = None
+    source: Literal["onnx", "torch"] = Field(
+        default="onnx", description="Convert from the ONNX artifact or from the torch module"
+    )
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32",
+        description="fp32, fp16 (compressed weights) or int8 (NNCF post-training quantization)",
+    )
+    calibration_samples: int = Field(
+        default=300, ge=1, description="int8: calibration samples used"
+    )
+    filename: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.xml$",
+        description="File name of the .xml in the package (the .bin sits beside it)",
+    )
+    name: str | None = Field(
+        default=None, description="Artifact name (default openvino-<precision>)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> OpenVinoConfig:

@@ -76,20 +76,33 @@ class TensorRtConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    min_batch: int = Field(default=1, ge=1)
-    opt_batch: int = Field(default=8, ge=1)
-    max_batch: int = Field(default=32, ge=1)
-    # other dynamic dims by name: [min, opt, max] (default: the batch range)
-    dims: dict[str, tuple[int, int, int]] = Field(default_factory=dict)
-    workspace_mb: int = Field(default=1024, ge=1)
-    tf32: bool = False
-    # IBuilderConfig.builder_optimization_level 0..5; None keeps TensorRT's default (3)
-    optimization_level: int | None = Field(default=None, ge=0, le=5)
-    filename: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.(plan|engine)$"
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32",
+        description="fp32, fp16, or int8 (from symmetric QDQ: the tensorrt_s8s8 preset)",
     )
-    name: str | None = None
+    min_batch: int = Field(default=1, ge=1, description="Smallest batch of the profile")
+    opt_batch: int = Field(default=8, ge=1, description="Batch the engine is tuned for")
+    max_batch: int = Field(default=32, ge=1, description="Largest batch of the profile")
+    dims: dict[str, tuple[int, int, int]] = Field(
+        default_factory=dict,
+        description="Other dynamic dims by name: [min, opt, max] (default: the batch range)",
+    )
+    workspace_mb: int = Field(default=1024, ge=1, description="Builder workspace limit, MB")
+    tf32: bool = Field(default=False, description="Allow TF32 math (Ampere and newer)")
+    optimization_level: int | None = Field(
+        default=None,
+        ge=0,
+        le=5,
+        description="Builder optimization level 0..5 (None: TensorRT's default, 3)",
+    )
+    filename: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.(plan|engine)$",
+        description="File name of the engine in the package",
+    )
+    name: str | None = Field(
+        default=None, description="Artifact name (default tensorrt-<precision>)"
+    )
 
     @field_validator("dims")
     @classmethod

@@ -64,12 +64,23 @@ class TfliteConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    precision: Literal["fp32", "dynamic_int8", "weight_only_int8", "int8"] = "fp32"
-    channels_last_io: bool = False
-    calibration_samples: int = Field(default=256, ge=1)  # int8 only
-    batch_size: int = Field(default=1, ge=1)  # int8 only: the batch baked into the file
-    filename: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.tflite$")
-    name: str | None = None
+    precision: Literal["fp32", "dynamic_int8", "weight_only_int8", "int8"] = Field(
+        default="fp32",
+        description="fp32, dynamic_int8, weight_only_int8, or int8 (full integer, calibrated)",
+    )
+    channels_last_io: bool = Field(
+        default=False, description="NHWC inputs and outputs (what TFLite runtimes prefer)"
+    )
+    calibration_samples: int = Field(
+        default=256, ge=1, description="int8: calibration samples used"
+    )
+    batch_size: int = Field(default=1, ge=1, description="int8: the batch size baked into the file")
+    filename: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.tflite$",
+        description="File name in the package",
+    )
+    name: str | None = Field(default=None, description="Artifact name (default tflite-<label>)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TfliteConfig:

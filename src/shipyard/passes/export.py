@@ -48,13 +48,25 @@ class ExportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["onnx"] = "onnx"
-    opset: int = Field(default=18, ge=13, le=23)
-    dynamo: bool = True
-    fallback: bool = True  # TorchScript exporter when the dynamo exporter fails
-    simplify: bool = True  # onnxslim
-    filename: str = Field(default="model.onnx", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.onnx$")
-    name: str = "onnx"
+    format: Literal["onnx"] = Field(default="onnx", description="Exported format")
+    opset: int = Field(
+        default=18, ge=13, le=23, description="ONNX opset (the dynamo exporter writes at least 18)"
+    )
+    dynamo: bool = Field(
+        default=True,
+        description="Use the dynamo exporter (torch.export); else the TorchScript exporter",
+    )
+    fallback: bool = Field(
+        default=True,
+        description="Fall back to the TorchScript exporter when the dynamo exporter fails",
+    )
+    simplify: bool = Field(default=True, description="Simplify the graph with onnxslim")
+    filename: str = Field(
+        default="model.onnx",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.onnx$",
+        description="File name in the package",
+    )
+    name: str = Field(default="onnx", description="Artifact name (labels tables and reports)")
 
 
 def summarize_export_error(error: BaseException) -> str:

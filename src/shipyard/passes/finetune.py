@@ -42,15 +42,24 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(default=10, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    batch_size: int = Field(default=64, ge=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    distill_from_original: bool = False
-    temperature: float = Field(default=4.0, gt=0)
-    alpha: float = Field(default=0.5, ge=0, le=1)
-    seed: int = 0
+    epochs: int = Field(default=10, ge=1, description="Passes over the training data")
+    lr: float = Field(default=1e-3, gt=0, description="Learning rate")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        default="adamw", description="Optimizer (sgd uses momentum 0.9)"
+    )
+    batch_size: int = Field(default=64, ge=1, description="Training batch size")
+    weight_decay: float = Field(default=0.0, ge=0, description="Weight decay")
+    distill_from_original: bool = Field(
+        default=False,
+        description="Also learn from the original model's outputs (knowledge distillation)",
+    )
+    temperature: float = Field(
+        default=4.0, gt=0, description="Distillation temperature: softens both distributions"
+    )
+    alpha: float = Field(
+        default=0.5, ge=0, le=1, description="Weight of the distillation term against cross-entropy"
+    )
+    seed: int = Field(default=0, description="Seed for shuffling and dropout")
 
 
 def _optimizer(config: FinetuneConfig, parameters: Any) -> torch.optim.Optimizer:

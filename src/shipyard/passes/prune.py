@@ -58,15 +58,48 @@ class PruneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["l1_unstructured", "structured"]
-    amount: float | None = Field(default=None, gt=0, lt=1)
-    target_macs: float | None = Field(default=None, gt=0, lt=1)
-    layers: list[str] = Field(default_factory=lambda: ["Conv2d"], min_length=1)
-    importance: Literal["l1", "l2", "taylor", "lamp"] = "l2"
-    ignore: list[str] = Field(default_factory=list)
-    iterative_steps: int = Field(default=5, ge=1)
-    round_to: int | None = Field(default=None, ge=1)
-    allow_without_finetune: bool = False
+    method: Literal["l1_unstructured", "structured"] = Field(
+        description="l1_unstructured zeroes single weights (no faster); "
+        "structured removes whole channels (fewer MACs, faster)"
+    )
+    amount: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Fraction of weights zeroed (l1_unstructured) or of channels removed "
+        "per layer (structured)",
+    )
+    target_macs: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="structured only: fraction of the original MACs to keep, e.g. 0.5",
+    )
+    layers: list[str] = Field(
+        default_factory=lambda: ["Conv2d"],
+        min_length=1,
+        description="torch.nn layer types l1_unstructured prunes",
+    )
+    importance: Literal["l1", "l2", "taylor", "lamp"] = Field(
+        default="l2",
+        description="Channel importance for structured pruning (taylor needs training data)",
+    )
+    ignore: list[str] = Field(
+        default_factory=list, description="Module names (as in named_modules) never pruned"
+    )
+    iterative_steps: int = Field(
+        default=5, ge=1, description="structured: steps the channel ratio is reached in"
+    )
+    round_to: int | None = Field(
+        default=None,
+        ge=1,
+        description="structured: keep channel counts a multiple of this (e.g. 8 for tensor cores)",
+    )
+    allow_without_finetune: bool = Field(
+        default=False,
+        description="Accept structured pruning above 30% without training data "
+        "(accuracy drops until fine-tuned)",
+    )
 
     @field_validator("layers")
     @classmethod

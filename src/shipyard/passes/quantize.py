@@ -12,28 +12,24 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import hashlib
-import json
 import logging
 import re
 import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnxruntime import quantization as ortq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipyard.artifact import Artifact, PassRecord, atomic_path
 from shipyard.data import Dataset, check_dataset
 from shipyard.errors import DataError, QuantizeError
 from shipyard.hardware import hardware_fingerprint
+from shipyard.passes.quantize_config import QuantizeConfig
 from shipyard.passes.quiet import quiet
 from shipyard.signature import Signature, TensorSpec
 
@@ -42,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shipyard.quantize")
 
-_SHORT = {"int8": "s8", "uint8": "u8"}
 _QUANT_TYPES = {"int8": ortq.QuantType.QInt8, "uint8": ortq.QuantType.QUInt8}
 _CALIBRATORS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # Calibration batch when the batch dim is dynamic. MinMax ranges do not depend on it (ORT
@@ -60,139 +55,6 @@ _CONVERSION_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"
 # When symbolic shape inference fails, ORT 1.32 saves its model into the *current folder*,
 # with the weights beside it under a uuid name (90 MB for MiniLM).
 _STRAY = re.compile(r"sym_shape_infer_temp\.onnx|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.data")
-_STATIC_ONLY = (
-    "format",
-    "activations",
-    "calibration",
-    "calibration_samples",
-    "symmetric",
-    "quantize_bias",
-)
-_INT8_ONLY = ("weights", "per_channel", "reduce_range")
-
-
-class QuantizeConfig(BaseModel):
-    """``quantize: {mode: static, format: qdq, activations: uint8, weights: int8}``
-
-    ``format``, ``activations`` and ``calibration*`` apply to ``static``; ``weights``,
-    ``per_channel`` and ``reduce_range`` to the int8 modes; ``keep_io_types`` to ``fp16``.
-    ``reduce_range: auto`` follows ORT's guidance: 7-bit weights on x86 CPUs without VNNI,
-    where the u8s8 kernels can saturate. ``exclude_nodes`` takes node names or fnmatch
-    patterns (``/head/*``); those nodes and ``exclude_op_types`` stay float32.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["dynamic", "static", "fp16"]
-    format: Literal["qdq", "qoperator"] = "qdq"
-    activations: Literal["uint8", "int8"] = "uint8"
-    weights: Literal["int8", "uint8"] = "int8"
-    per_channel: bool = False
-    reduce_range: bool | Literal["auto"] = "auto"
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int = Field(default=256, ge=1)
-    # TensorRT's explicit quantization takes only symmetric QDQ (zero points 0, int8) and
-    # float biases: symmetric + quantize_bias false (the tensorrt_s8s8 preset).
-    symmetric: bool = False
-    quantize_bias: bool = True
-    preprocess: bool = True
-    exclude_nodes: list[str] = Field(default_factory=list)
-    exclude_op_types: list[str] = Field(default_factory=list)
-    keep_io_types: bool = True
-    filename: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.onnx$")
-    name: str | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> QuantizeConfig:
-        # Compared with the defaults, not model_fields_set: a dumped config must load again.
-        ignored = [f for f in _STATIC_ONLY if self.mode != "static" and _changed(self, f)]
-        ignored += [f for f in _INT8_ONLY if self.mode == "fp16" and _changed(self, f)]
-        if self.mode != "fp16" and _changed(self, "keep_io_types"):
-            ignored.append("keep_io_types")
-        if ignored:
-            raise ValueError(f"{', '.join(ignored)} do(es) not apply to mode {self.mode!r}")
-        if self.mode == "static" and (self.activations, self.weights) == ("int8", "uint8"):
-            raise ValueError(
-                "ONNX Runtime cannot quantize int8 activations with uint8 weights; "
-                "use weights: int8 or activations: uint8"
-            )
-        return self
-
-    # Presets, named after their data types like optimum's AutoQuantizationConfig.
-    @classmethod
-    def static_qdq_u8s8(cls, **overrides: Any) -> QuantizeConfig:
-        """Static QDQ, uint8 activations, int8 weights: ORT's fast int8 path on x86."""
-        return cls(**{"mode": "static", "activations": "uint8", "weights": "int8", **overrides})
-
-    @classmethod
-    def static_qdq_s8s8(cls, **overrides: Any) -> QuantizeConfig:
-        """Static QDQ, int8 activations and weights (ORT's default; usual on ARM and NPUs)."""
-        return cls(**{"mode": "static", "activations": "int8", "weights": "int8", **overrides})
-
-    @classmethod
-    def tensorrt_s8s8(cls, **overrides: Any) -> QuantizeConfig:
-        """Static QDQ, symmetric int8 activations and weights, float biases: what TensorRT's
-        explicit quantization accepts (``convert_tensorrt: {precision: int8}``)."""
-        values = {"activations": "int8", "symmetric": True, "quantize_bias": False, **overrides}
-        return cls(**{"mode": "static", "weights": "int8", "per_channel": True, **values})
-
-    @classmethod
-    def dynamic_s8(cls, **overrides: Any) -> QuantizeConfig:
-        """Dynamic (no calibration), int8 weights; activations are quantized at run time."""
-        return cls(**{"mode": "dynamic", "weights": "int8", **overrides})
-
-    @classmethod
-    def dynamic_u8(cls, **overrides: Any) -> QuantizeConfig:
-        """Dynamic, uint8 weights (u8u8 kernels: no saturation, so no reduce_range)."""
-        return cls(**{"mode": "dynamic", "weights": "uint8", **overrides})
-
-    @classmethod
-    def fp16(cls, **overrides: Any) -> QuantizeConfig:
-        """Float16 weights and compute; inputs and outputs stay float32."""
-        return cls(**{"mode": "fp16", **overrides})
-
-    def label(self) -> str:
-        """A short unique tag: ``int8-static-qdq-u8s8``, ``int8-dynamic-s8-pc``, ``fp16``..."""
-        if self.mode == "fp16":
-            parts = ["fp16"]
-        elif self.mode == "dynamic":
-            parts = ["int8", "dynamic", _SHORT[self.weights]]
-        else:
-            parts = ["int8", "static", self.format, _SHORT[self.activations] + _SHORT[self.weights]]
-        parts += ["pc"] if self.per_channel else []
-        parts += ["sym"] if self.symmetric else []
-        parts += [] if self.quantize_bias else ["fbias"]
-        parts += [self.calibration] if self.calibration != "minmax" else []
-        parts += [] if self.reduce_range == "auto" else ["rr" if self.reduce_range else "norr"]
-        # The fields not spelled out above still make the label unique, through a digest.
-        rest = ("calibration_samples", "preprocess", "exclude_nodes", "exclude_op_types")
-        extras = {f: getattr(self, f) for f in (*rest, "keep_io_types") if _changed(self, f)}
-        if extras:
-            parts.append(hashlib.sha256(json.dumps(extras).encode()).hexdigest()[:6])
-        return "-".join(parts)
-
-    def output_filename(self) -> str:
-        return self.filename or f"model.{self.label()}.onnx"
-
-    def artifact_name(self) -> str:
-        return self.name or f"onnx-{self.label()}"
-
-
-#: Preset name -> factory (keyword overrides allowed), in the order a search should try them.
-PRESETS: dict[str, Callable[..., QuantizeConfig]] = {
-    "static_qdq_u8s8": QuantizeConfig.static_qdq_u8s8,
-    "static_qdq_u8s8_per_channel": partial(QuantizeConfig.static_qdq_u8s8, per_channel=True),
-    "static_qdq_u8s8_entropy": partial(QuantizeConfig.static_qdq_u8s8, calibration="entropy"),
-    "static_qdq_s8s8": QuantizeConfig.static_qdq_s8s8,
-    "dynamic_s8": QuantizeConfig.dynamic_s8,
-    "dynamic_u8": QuantizeConfig.dynamic_u8,
-    "fp16": QuantizeConfig.fp16,
-}
-
-
-def _changed(config: BaseModel, field: str) -> bool:
-    default = type(config).model_fields[field].get_default(call_default_factory=True)
-    return bool(getattr(config, field) != default)
 
 
 class _DatasetReader(ortq.CalibrationDataReader):
