@@ -28,7 +28,7 @@ from shipyard.passes import PASSES
 from shipyard.passes.export import ExportConfig
 from shipyard.passes.finetune import FinetuneConfig
 from shipyard.passes.quantize import PRESETS
-from shipyard.serve.config import ServingConfig
+from shipyard.serving import ServingConfig
 from shipyard.signature import Signature
 from shipyard.validate import Gates
 

@@ -11,8 +11,8 @@ import numpy as np
 import shipyard
 from shipyard.package import load_package
 from shipyard.serve.batcher import Batcher
-from shipyard.serve.config import ServingConfig
 from shipyard.serve.metrics import ServeMetrics, VersionMetrics
+from shipyard.serving import ServingConfig
 
 
 def _batcher(packages: Path, **config: object) -> tuple[Batcher, VersionMetrics]:

@@ -20,10 +20,10 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from shipyard.serve import create_app
-from shipyard.serve.codec import DATATYPES
 from shipyard.serve.grpc import inference_pb2
 from shipyard.serve.grpc.codec import CONTENTS, decode_request, encode_response
 from shipyard.serve.grpc.server import start_grpc_server
+from shipyard.serve.protocol import DATATYPES
 from tests.serve.conftest import Server, add_version, metric, reference, serving, wait_for
 
 RNG = np.random.default_rng(0)

@@ -1,10 +1,11 @@
 """Serving: an Open Inference Protocol v2 (KServe V2 / Triton HTTP) server over a repository.
 
-``run_server(repository)`` serves ``<repository>/<model>/<version>/`` packages with dynamic
-batching; ``create_app(repository)`` returns the ASGI app for embedding or tests;
-``ServingConfig`` is the schema of a manifest's ``"serving"`` key. Importing this package is
-cheap: the web stack (Starlette, uvicorn, prometheus-client) loads on first use of the server,
-so recipes and builds can use ``ServingConfig`` without it.
+``run_server(path)`` serves a model repository (``<path>/<model>/<version>/``), one model
+folder (``<path>/<version>/``) or one package folder (``<path>/shipyard.json``) with dynamic
+batching; ``create_app(path)`` returns the ASGI app for embedding or tests. The schema of a
+manifest's ``"serving"`` key, ``ServingConfig``, is package schema: :mod:`shipyard.serving`.
+Importing this package is cheap: the web stack (Starlette, uvicorn, prometheus-client) loads
+on first use of the server.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shipyard.serve.config import MAX_BODY_BYTES, ServingConfig
+# Server-wide default: request bodies (gRPC messages) above this get 413 (RESOURCE_EXHAUSTED).
+# 64 MiB: a batch of 80 float32 224x224x3 images in binary form.
+MAX_BODY_BYTES = 64 * 2**20
 
 if TYPE_CHECKING:
     from shipyard.serve.app import V2App
@@ -72,4 +75,4 @@ def run_server(
     )
 
 
-__all__ = ["MAX_BODY_BYTES", "ServingConfig", "create_app", "run_server"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "run_server"]

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shipyard.serve.config import AllPolicy, LatestPolicy, ServingConfig, SpecificPolicy
-from shipyard.serve.errors import ServingConfigError
+from shipyard.errors import ServingConfigError
+from shipyard.serving import AllPolicy, LatestPolicy, ServingConfig, SpecificPolicy
 
 
 def test_defaults_when_the_manifest_has_no_serving_key() -> None:
