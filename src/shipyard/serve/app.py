@@ -117,6 +117,8 @@ class _Server:
             raise RepositoryError(
                 f"refusing to start (strict): no model in {layout.describe()}; {suggest(layout)}"
             )
+        for name, why in failures.items():
+            logger.warning("model %s: %s", name, why)
         if not self.repository.model_names():
             logger.warning("no model in %s; %s", layout.describe(), suggest(layout))
         self._loaded = True

@@ -57,13 +57,18 @@ class Layout:
     version: int | None = None
 
     def model_names(self) -> list[str]:
-        """The models served from this folder (for a repository: its valid model folders)."""
+        """The models served from this folder. In a repository: every folder with a valid
+        name holding a version folder (one whose manifest is missing included, so that its
+        load reports it); other folders (``src``, ``reports``, builds' staging folders) are
+        not models."""
         if self.model is not None:
             return [self.model]
         if not self.path.is_dir():
             return []
         return sorted(
-            p.name for p in self.path.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name)
+            p.name
+            for p in self.path.iterdir()
+            if p.is_dir() and NAME_PATTERN.match(p.name) and _holds_versions(p)
         )
 
     def versions(self, name: str) -> dict[int, Path]:
@@ -85,6 +90,13 @@ class Layout:
         if self.kind == "model":
             return f"model folder {self.path} (model '{self.model}')"
         return f"package {self.path} (model '{self.model}' version {self.version})"
+
+
+def _holds_versions(folder: Path) -> bool:
+    try:
+        return any(VERSION_PATTERN.match(c.name) and c.is_dir() for c in folder.iterdir())
+    except OSError:  # unreadable: not served, as a folder that is not a model
+        return False
 
 
 def find_layout(path: str | Path) -> Layout:
@@ -123,9 +135,10 @@ def _package_identity(folder: Path) -> tuple[str, int]:
 
 def suggest(layout: Layout) -> str:
     """What to pass instead of ``layout``, a folder that serves no model: the nearest folder
-    below it that does (searched three levels deep), else the layouts there are."""
+    below it that does (a package up to four levels deep, as in ``project/out/<model>/<v>``),
+    else the layouts there are."""
     if layout.kind == "repository":
-        for depth in range(1, 4):
+        for depth in range(1, 5):
             found = sorted(layout.path.glob("*/" * depth + MANIFEST))
             if found:
                 package = found[0].parent

@@ -230,13 +230,12 @@ class Repository:
 
     async def load_all(self) -> dict[str, str]:
         """Load every model under root; return model -> why it (or one of the versions its
-        policy chose) failed to load. Failures are also logged and kept in the index."""
+        policy chose) failed to load, for the caller to log or refuse. The index keeps it."""
         failures = {}
         for name in await asyncio.to_thread(self.model_names):
             try:
                 await self.load(name)
             except ServeError as error:
-                logger.warning("model %s: %s", name, error)
                 failures[name] = str(error)
         return failures
 
