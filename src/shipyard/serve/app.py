@@ -105,9 +105,11 @@ class _Server:
         return self.loading
 
     async def _load(self) -> None:
+        """Load every model; strict: RepositoryError (one line) on a failure or no model."""
         failures = await self.repository.load_all()
         layout = self.repository.layout
-        if self.strict and (failures or not self.repository.model_names()):
+        empty = not self.repository.model_names()
+        if self.strict and (failures or empty):
             await self.repository.close()
             if failures:
                 why = " ".join("; ".join(failures.values()).split())  # one line
@@ -119,12 +121,12 @@ class _Server:
             )
         for name, why in failures.items():
             logger.warning("model %s: %s", name, why)
-        if not self.repository.model_names():
+        if empty:
             logger.warning("no model in %s; %s", layout.describe(), suggest(layout))
         self._loaded = True
         self._report()
 
-    def serving(self) -> None:
+    def mark_serving(self) -> None:
         """The lifespan is up (gRPC bound when asked for): report once loads finish too."""
         self._serving = True
         self._report()
@@ -277,7 +279,8 @@ def create_app(
     probes). ``admin_token``: bearer token for the repository endpoints (default:
     ``auth_token``). ``max_body_bytes``: larger bodies get 413. ``watch_seconds``: poll the
     folder this often and (re)load models whose versions changed. Models load in the
-    background at startup; ``/v2/health/ready`` answers 200 once they have.
+    background at startup (unless ``strict``); ``/v2/health/ready`` answers 200 once they
+    have.
     ``grpc_port``: also serve the protocol over gRPC on ``grpc_host:grpc_port`` (0: a free
     port, then read ``app.server.grpc_port``), in the same event loop, with the same models,
     batchers, tokens and metrics (see :mod:`shipyard.serve.grpc.server`); None: HTTP only.
@@ -304,7 +307,7 @@ def create_app(
                 server.grpc_port = grpc.port
             if watch_seconds:
                 watcher = asyncio.create_task(_watch(server.repository, watch_seconds))
-            server.serving()
+            server.mark_serving()
             yield
         finally:
             # uvicorn has finished the in-flight HTTP requests by now; drain the batchers.
