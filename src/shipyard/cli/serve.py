@@ -20,7 +20,6 @@ def serve(
     path: Annotated[
         Path,
         typer.Argument(
-            metavar="PATH",
             help="A model repository (<model>/<version>/shipyard.json), one model folder "
             "(<version>/shipyard.json) or one package folder (shipyard.json); a model or "
             "package folder is served alone.",
