@@ -73,6 +73,10 @@ class MissingExtraError(BackendError):
         )
 
 
+class ServingConfigError(ShipyardError):
+    """A manifest's ``serving`` section (a recipe's ``serve:``) is invalid; names the field."""
+
+
 class PackageError(ShipyardError):
     """A package or output folder cannot be written or read."""
 

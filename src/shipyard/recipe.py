@@ -29,7 +29,7 @@ from shipyard.passes.export import ExportConfig
 from shipyard.passes.finetune import FinetuneConfig
 from shipyard.passes.quantize_config import PRESETS
 from shipyard.problems import location, message
-from shipyard.serve.config import ServingConfig
+from shipyard.serving import ServingConfig
 from shipyard.signature import Signature
 from shipyard.validate import Gates
 

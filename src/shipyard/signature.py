@@ -162,16 +162,11 @@ class Signature(BaseModel):
 
         Dynamic dimensions that share a name (e.g. ``batch``) must agree across inputs.
         """
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise InputError(
-                f"missing input(s) {missing}; the model takes {self.describe_inputs()}"
-            )
-        unknown = [n for n in feeds if n not in self.input_names]
-        if unknown:
-            raise InputError(
-                f"unknown input(s) {unknown}; the model takes {self.describe_inputs()}"
-            )
+        names = self.input_names
+        missing = [n for n in names if n not in feeds]
+        unknown = [n for n in feeds if n not in names]
+        if missing or unknown:
+            raise InputError(self._name_mismatch(missing, unknown))
         bound: dict[str, tuple[int, str]] = {}
         for spec in self.inputs:
             array = feeds[spec.name]
@@ -208,6 +203,16 @@ class Signature(BaseModel):
                     f"flat index {bad[0]}: {array.flat[bad[0]]}); this model's signature says "
                     f"finite: true, so clean or drop them before sending"
                 )
+
+    def _name_mismatch(self, missing: list[str], unknown: list[str]) -> str:
+        """One message naming every missing and every unknown input: a client that sent
+        ``y`` for ``x`` learns both names at once."""
+        parts = [f"missing input(s) {missing}"] if missing else []
+        parts += [f"unknown input(s) {unknown}"] if unknown else []
+        hint = ""
+        if len(missing) == 1 and len(unknown) == 1:
+            hint = f" (rename '{unknown[0]}' to '{missing[0]}'?)"
+        return f"{' and '.join(parts)}{hint}; the model takes {self.describe_inputs()}"
 
     def describe_inputs(self) -> str:
         return ", ".join(spec.describe() for spec in self.inputs)

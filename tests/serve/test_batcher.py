@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 import shipyard
 from shipyard.package import load_package
+from shipyard.runtimes.base import Session
 from shipyard.serve.batcher import Batcher
-from shipyard.serve.config import ServingConfig
 from shipyard.serve.metrics import ServeMetrics, VersionMetrics
+from shipyard.serving import ServingConfig
 
 
 def _batcher(packages: Path, **config: object) -> tuple[Batcher, VersionMetrics]:
@@ -52,25 +55,98 @@ def test_preferred_batch_size_dispatches_without_waiting(packages: Path) -> None
     assert _batches(metrics) == (1, 4)
 
 
-def test_queue_delay_starts_at_the_oldest_request(packages: Path) -> None:
-    batcher, metrics = _batcher(packages, max_batch_size=16, max_queue_delay_ms=100)
+class Gated:
+    """A real ONNX Runtime session whose ``run`` first waits for ``gate``: while the test
+    holds it closed, the batcher's only instance stays busy and requests queue in the order
+    the test sends them, however fast or slow the machine."""
+
+    def __init__(self, session: Session, gate: threading.Event) -> None:
+        self.session, self.gate = session, gate
+        self.signature = session.signature
+        self.entered = threading.Event()  # set when a batch reached the session
+        self.arrivals: list[float] = []  # perf_counter() when each batch reached it
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.arrivals.append(time.perf_counter())
+        self.entered.set()
+        assert self.gate.wait(timeout=60), "the test never opened the gate"
+        return self.session.run(feeds)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _gated(packages: Path, **config: object) -> tuple[Batcher, VersionMetrics, threading.Event]:
+    artifact = load_package(packages / "tiny" / "1").artifacts[0]
+    gate = threading.Event()
+    session = Gated(shipyard.open_session(artifact, threads=1), gate)
+    metrics = ServeMetrics().version("tiny", 1)
+    settings = ServingConfig.model_validate(config)
+    return Batcher([session], settings, metrics=metrics), metrics, gate  # type: ignore[list-item]
+
+
+async def _queued(batcher: Batcher, depth: int) -> None:
+    """Yield to the loop until ``depth`` requests wait in the queue (events, not time)."""
+    for _ in range(10_000):
+        if batcher.depth == depth:
+            return
+        await asyncio.sleep(0)
+    raise TimeoutError(f"the queue never held {depth} requests (it holds {batcher.depth})")
+
+
+def test_requests_that_queue_while_the_instance_is_busy_share_a_batch(packages: Path) -> None:
+    batcher, metrics, gate = _gated(packages, max_batch_size=16, max_queue_delay_ms=0)
+    session = batcher._sessions[0]
+
+    async def run() -> list[dict[str, np.ndarray]]:
+        batcher.start()
+        first = asyncio.create_task(batcher.infer(_x(1, seed=0)))
+        await asyncio.to_thread(session.entered.wait, 30)  # the instance is busy with it
+        second = asyncio.create_task(batcher.infer(_x(2, seed=1)))
+        await _queued(batcher, 1)
+        third = asyncio.create_task(batcher.infer(_x(3, seed=2)))
+        await _queued(batcher, 2)
+        gate.set()
+        results = list(await asyncio.gather(first, second, third))
+        await batcher.close()
+        return results
+
+    results = asyncio.run(run())
+    assert [r["logits"].shape for r in results] == [(1, 10), (2, 10), (3, 10)]
+    assert _batches(metrics) == (2, 6)  # 1 alone, then 2 + 3 together as they queued
+
+
+def test_queue_delay_counts_from_the_oldest_request(packages: Path) -> None:
+    delay = 0.5
+    batcher, metrics, gate = _gated(packages, max_batch_size=16, max_queue_delay_ms=delay * 1e3)
+    session = batcher._sessions[0]
 
     async def run() -> tuple[float, float]:
         batcher.start()
-        started = time.perf_counter()
-        first = asyncio.create_task(batcher.infer(_x(2)))
-        await asyncio.sleep(0.05)  # the second request arrives while the first waits
-        await asyncio.gather(first, batcher.infer(_x(3)))
-        elapsed = time.perf_counter() - started
+        busy = asyncio.create_task(batcher.infer(_x(1)))  # waits out the delay, then runs
+        await asyncio.to_thread(session.entered.wait, 30)  # and holds the only instance
+        sent = time.perf_counter()
+        oldest = asyncio.create_task(batcher.infer(_x(2)))
+        await _queued(batcher, 1)
+        while time.perf_counter() - sent < delay:  # the oldest has waited its delay (at
+            await asyncio.sleep(0.01)  # least: a slow machine only makes it wait longer)
+        newest_sent = time.perf_counter()
+        newest = asyncio.create_task(batcher.infer(_x(3)))
+        await _queued(batcher, 2)
+        gate.set()
+        await asyncio.gather(busy, oldest, newest)
         single = time.perf_counter()
         await batcher.infer(_x(1))
         alone = time.perf_counter() - single
         await batcher.close()
-        return elapsed, alone
+        return session.arrivals[1] - newest_sent, alone
 
-    elapsed, alone = asyncio.run(run())
-    assert elapsed >= 0.1 and alone >= 0.1
-    assert _batches(metrics) == (2, 6)  # 2 + 3 rows together, then 1 alone
+    newest_waited, alone = asyncio.run(run())
+    assert _batches(metrics) == (3, 7)  # 1 alone, 2 + 3 rows together, then 1 alone
+    # Once the instance was free the batch left at once: the oldest had waited its delay.
+    # Had the delay restarted at the newest arrival, the newest would have waited it too.
+    assert newest_waited < delay
+    assert alone >= delay  # a lone request waits out the delay: nothing else can join
 
 
 def test_close_drains_queued_requests_across_instances(packages: Path) -> None:

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from shipyard.serve.codec import DATATYPES, InferRequest, decode_request, encode_response
+from shipyard.serve.codec import InferRequest, decode_request, encode_response
 from shipyard.serve.errors import BadRequest
+from shipyard.serve.protocol import DATATYPES
 
 
 def _sample(datatype: str) -> np.ndarray:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from tests.conftest import REPO
+from tests.serve.conftest import wait_for
+
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1, 8, 8], "data": [0.0] * 128}]}
 
 
 def _free_port() -> int:
@@ -22,43 +25,52 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "shipyard", "serve", *args, "--log-level", "warning"]
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_ready(process: subprocess.Popen[str], url: str) -> None:
+    """Poll readiness until 200; fail at once if the process exits, else at the deadline."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            _, stderr = process.communicate()
+            raise AssertionError(f"shipyard serve exited ({process.returncode}): {stderr}")
+        try:
+            return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, timeout=120, what=f"{url} to be ready")
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGINT, as Ctrl-C; the server drains and exits 0. Returns (stdout, stderr)."""
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    return stdout, stderr
+
+
 def test_serve_command_serves_and_drains_on_sigint(packages: Path) -> None:
     port, grpc_port = _free_port(), _free_port()
-    env = {**os.environ, "SHIPYARD_SERVE_TOKEN": "s3cret"}
-    command = [
-        sys.executable,
-        "-m",
-        "shipyard",
-        "serve",
-        str(packages),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--grpc-port",
-        str(grpc_port),
-    ]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    args = (str(packages), "--port", str(port), "--grpc-port", str(grpc_port))
+    process = _serve(*args, env={"SHIPYARD_SERVE_TOKEN": "s3cret"})
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # poll readiness; no fixed sleep
-            assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                continue
+        _wait_ready(process, url)
         headers = {"Authorization": "Bearer s3cret"}
-        x = np.zeros((2, 1, 8, 8), np.float32)
-        body = {
-            "inputs": [
-                {"name": "x", "datatype": "FP32", "shape": [2, 1, 8, 8], "data": x.ravel().tolist()}
-            ]
-        }
-        denied = httpx.post(f"{url}/v2/models/tiny/infer", json=body, timeout=10)
+        denied = httpx.post(f"{url}/v2/models/tiny/infer", json=BODY, timeout=10)
         assert denied.status_code == 401 and "error" in denied.json()
-        answer = httpx.post(f"{url}/v2/models/tiny/infer", json=body, headers=headers, timeout=10)
+        answer = httpx.post(f"{url}/v2/models/tiny/infer", json=BODY, headers=headers, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["shape"] == [2, 10]
         from tritonclient.grpc import InferenceServerClient
@@ -67,8 +79,52 @@ def test_serve_command_serves_and_drains_on_sigint(packages: Path) -> None:
         assert client.is_model_ready("tiny", headers={"authorization": "Bearer s3cret"})
         client.close()
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
+        stdout, _ = _stop(process)
+    # The startup table: every model's served version, its artifact and why, the addresses.
+    assert f"repository {packages.resolve()}" in stdout
+    assert f"serving on {url}, gRPC 127.0.0.1:{grpc_port}" in stdout
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in stdout.splitlines()]
+    ready = {(row[0], row[1]): row for row in rows if row and row[-1] == "READY"}
+    assert set(ready) == {("tiny", "2"), ("slow", "1"), ("rows", "1")}, stdout
+    artifact, why, backend, batching = ready[("tiny", "2")][2:6]
+    assert (artifact, why) == ("onnx (model.onnx)", "the package's default artifact")
+    assert (backend, batching) == ("onnxruntime", "up to 16 rows, 0 ms delay")
+    assert ready[("slow", "1")][5] == "up to 16 rows, 0 ms delay"
+
+
+def test_serve_command_serves_a_package_folder_with_strict(packages: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _serve(str(packages / "tiny" / "1"), "--port", str(port), "--strict")
+    try:
+        _wait_ready(process, url)
+        answer = httpx.post(f"{url}/v2/models/tiny/infer", json=BODY, timeout=10)
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+        assert httpx.get(f"{url}/v2/models/slow", timeout=10).status_code == 404
+        logits = np.asarray(answer.json()["outputs"][0]["data"])
+        assert logits.shape == (20,)
+    finally:
+        stdout, _ = _stop(process)
+    assert f"package {(packages / 'tiny' / '1').resolve()} (model 'tiny' version 1)" in stdout
+
+
+def test_serve_command_strict_refuses_a_broken_model_in_one_line(
+    packages: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(packages / "tiny", tmp_path / "tiny")
+    (tmp_path / "tiny" / "2" / "shipyard.json").write_text("{not json")
+    run = subprocess.run(
+        [sys.executable, "-m", "shipyard", "serve", str(tmp_path), "--strict"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: refusing to start (strict): 1 model(s) failed to load")
+    assert "model 'tiny': version 2: cannot read" in line
+    assert "Traceback" not in run.stderr and run.stdout == ""
 
 
 def test_serve_command_missing_repository_is_one_line(tmp_path: Path) -> None:
@@ -80,4 +136,5 @@ def test_serve_command_missing_repository_is_one_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 2
-    assert len(run.stderr.strip().splitlines()) == 1 and "nope" in run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert "nope is not a folder: pass a repository" in line

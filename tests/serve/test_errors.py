@@ -16,14 +16,10 @@ X = np.zeros((1, 1, 8, 8), dtype=np.float32)
 GOOD = {"name": "x", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": X.ravel().tolist()}
 
 
-def _binary(size: int, payload: bytes, header_length: int | None = None) -> dict:
-    header = json.dumps(
-        {
-            "inputs": [
-                {**GOOD, "data": None, "parameters": {"binary_data_size": size}},
-            ]
-        }
-    ).encode()
+def _binary(size: int, payload: bytes, header_length: int | None = None, name: str = "x") -> dict:
+    tensor = {**GOOD, "name": name, "parameters": {"binary_data_size": size}}
+    del tensor["data"]
+    header = json.dumps({"inputs": [tensor]}).encode()
     length = len(header) if header_length is None else header_length
     return {
         "content": header + payload,
@@ -94,7 +90,19 @@ CASES = {
         "/v2/models/tiny/infer",
         {"json": {"inputs": [{**GOOD, "name": "y"}]}},
         400,
-        "missing input(s) ['x']",
+        "missing input(s) ['x'] and unknown input(s) ['y'] (rename 'y' to 'x'?)",
+    ),
+    "unknown input, binary": (
+        "/v2/models/tiny/infer",
+        _binary(X.nbytes, X.tobytes(), name="y"),
+        400,
+        "missing input(s) ['x'] and unknown input(s) ['y'] (rename 'y' to 'x'?)",
+    ),
+    "an extra input": (
+        "/v2/models/tiny/infer",
+        {"json": {"inputs": [GOOD, {**GOOD, "name": "mask"}]}},
+        400,
+        "unknown input(s) ['mask']; the model takes x: float32[batch, 1, 8, 8]",
     ),
     "unknown output": (
         "/v2/models/tiny/infer",
@@ -144,13 +152,19 @@ CASES = {
         400,
         "Content-Encoding",
     ),
+    # The decoded path matches no route: the name never reaches a lookup or the filesystem.
     "path traversal in the model name": (
         "/v2/models/..%2F..%2Fetc/infer",
         {"json": {"inputs": [GOOD]}},
         404,
-        "",
+        "Not Found: POST /v2/models/../../etc/infer",
     ),
-    "path traversal on load": ("/v2/repository/models/..%2Fslow/load", {}, 404, ""),
+    "path traversal on load": (
+        "/v2/repository/models/..%2Fslow/load",
+        {},
+        404,
+        "Not Found: POST /v2/repository/models/../slow/load",
+    ),
     "dot name on load": ("/v2/repository/models/.hidden/load", {}, 400, "invalid model name"),
     "unknown model on load": ("/v2/repository/models/nothing/load", {}, 404, "nothing"),
 }
@@ -161,10 +175,11 @@ def test_bad_request_is_answered_and_the_server_keeps_serving(
     client: httpx.Client, case: str
 ) -> None:
     path, kwargs, status, message = CASES[case]
+    assert message, "every case names the message it expects"
     response = client.post(path, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert isinstance(error, str) and message in error
+    assert isinstance(error, str) and message in error, error
     assert client.post("/v2/models/tiny/infer", json={"inputs": [GOOD]}).status_code == 200
 
 

@@ -20,10 +20,10 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from shipyard.serve import create_app
-from shipyard.serve.codec import DATATYPES
 from shipyard.serve.grpc import inference_pb2
 from shipyard.serve.grpc.codec import CONTENTS, decode_request, encode_response
 from shipyard.serve.grpc.server import start_grpc_server
+from shipyard.serve.protocol import DATATYPES
 from tests.serve.conftest import Server, add_version, metric, reference, serving, wait_for
 
 RNG = np.random.default_rng(0)
@@ -210,7 +210,8 @@ BAD_INPUTS = {
     "BYTES": ("tiny", "", lambda: [_input(np.array([[b"a"]], dtype=np.object_), "BYTES")],
               None, "INVALID_ARGUMENT", "BYTES"),
     "unknown input": ("tiny", "", lambda: [_input(_images(1), name="y")],
-                      None, "INVALID_ARGUMENT", "missing input(s) ['x']"),
+                      None, "INVALID_ARGUMENT",
+                      "missing input(s) ['x'] and unknown input(s) ['y'] (rename 'y' to 'x'?)"),
     "batch above max_batch_size": ("tiny", "", lambda: [_input(_images(17))],
                                    None, "INVALID_ARGUMENT", "max_batch_size"),
     "unknown output": ("tiny", "", lambda: [_input(_images(1))],

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import shutil
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,49 +29,94 @@ def _version(client: httpx.Client, model: str) -> str:
     return str(response.json()["model_version"])
 
 
-def test_load_unload_and_failed_loads(packages: Path, tmp_path: Path) -> None:
-    add_version(packages, tmp_path, "tiny", 1)
-    with serving(tmp_path) as server, httpx.Client(base_url=server.url) as client:
+@contextlib.contextmanager
+def _served(repository: Path) -> Iterator[tuple[httpx.Client, triton.InferenceServerClient]]:
+    """A server over ``repository``, an httpx client and a tritonclient for it."""
+    with serving(repository) as server, httpx.Client(base_url=server.url) as client:
         triton_client = triton.InferenceServerClient(server.url.removeprefix("http://"))
-        assert triton_client.is_model_ready("tiny") and _version(client, "tiny") == "1"
+        try:
+            yield client, triton_client
+        finally:
+            triton_client.close()
 
+
+async def _until(condition: Callable[[], Awaitable[bool]], what: str, seconds: float = 30) -> None:
+    """Poll ``condition`` until true; TimeoutError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+def test_an_unloaded_model_answers_503_until_loaded_again(packages: Path, tmp_path: Path) -> None:
+    add_version(packages, tmp_path, "tiny", 1)
+    with _served(tmp_path) as (client, triton_client):
+        assert triton_client.is_model_ready("tiny") and _version(client, "tiny") == "1"
         triton_client.unload_model("tiny")
         assert not triton_client.is_model_ready("tiny")
         response = client.post("/v2/models/tiny/infer", json=BODY)
-        assert response.status_code == 503 and "retry-after" in response.headers
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert triton_client.is_server_ready()  # an explicitly unloaded model is not expected
         triton_client.load_model("tiny")
         assert triton_client.is_model_ready("tiny") and triton_client.is_server_ready()
+        assert _version(client, "tiny") == "1"
 
-        # A new version on disk goes live on load; latest 1 retires version 1.
+
+def test_a_new_version_goes_live_on_load_and_retires_the_old(
+    packages: Path, tmp_path: Path
+) -> None:
+    add_version(packages, tmp_path, "tiny", 1)
+    with _served(tmp_path) as (client, triton_client):
         add_version(packages, tmp_path, "tiny", 2)
+        assert _version(client, "tiny") == "1"  # nothing changes before the load
         triton_client.load_model("tiny")
         assert _version(client, "tiny") == "2"
-        assert client.get("/v2/models/tiny").json()["versions"] == ["2"]
+        assert client.get("/v2/models/tiny").json()["versions"] == ["2"]  # latest 1
+        retired = client.post("/v2/models/tiny/versions/1/infer", json=BODY)
+        assert retired.status_code == 503 and "not selected" in retired.json()["error"]
 
-        # A tampered version 3 (sha256 mismatch) never replaces version 2.
-        broken = add_version(packages, tmp_path, "tiny", 3, source=("tiny", 1))
-        (broken / "model.onnx").write_bytes(b"not a model")
-        with pytest.raises(InferenceServerException, match="modified after packaging"):
-            triton_client.load_model("tiny")
-        assert _version(client, "tiny") == "2"
-        # So does a version 4 whose serving config is invalid.
-        add_version(packages, tmp_path, "tiny", 4, source=("tiny", 1), serving={"threads": 0})
-        with pytest.raises(InferenceServerException, match=r"serving\.threads"):
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("tampered file", "modified after packaging"),
+        ("invalid serving config", "serving.threads"),
+    ],
+)
+def test_a_broken_new_version_never_replaces_the_serving_one(
+    packages: Path, tmp_path: Path, breakage: str, message: str
+) -> None:
+    add_version(packages, tmp_path, "tiny", 2)
+    with _served(tmp_path) as (client, triton_client):
+        if breakage == "tampered file":  # sha256 mismatch
+            broken = add_version(packages, tmp_path, "tiny", 3, source=("tiny", 1))
+            (broken / "model.onnx").write_bytes(b"not a model")
+        else:
+            serving_config = {"threads": 0}
+            add_version(packages, tmp_path, "tiny", 3, source=("tiny", 1), serving=serving_config)
+        with pytest.raises(InferenceServerException, match=re.escape(message)):
             triton_client.load_model("tiny")
         assert _version(client, "tiny") == "2"
         index = {e["version"]: e for e in triton_client.get_model_repository_index()}
         assert index["2"]["state"] == "READY"
-        assert index["3"]["state"] == "UNAVAILABLE" and "modified" in index["3"]["reason"]
-        assert index["4"]["state"] == "UNAVAILABLE" and "threads" in index["4"]["reason"]
+        assert index["3"]["state"] == "UNAVAILABLE" and message in index["3"]["reason"]
         assert client.post("/v2/models/tiny/versions/3/infer", json=BODY).status_code == 503
 
-        # Removing the broken versions and loading again keeps serving version 2.
-        shutil.rmtree(tmp_path / "tiny" / "3")
-        shutil.rmtree(tmp_path / "tiny" / "4")
-        triton_client.load_model("tiny")
+
+def test_removing_a_broken_version_and_loading_again_keeps_serving(
+    packages: Path, tmp_path: Path
+) -> None:
+    add_version(packages, tmp_path, "tiny", 2)
+    broken = add_version(packages, tmp_path, "tiny", 3, source=("tiny", 1))
+    (broken / "model.onnx").write_bytes(b"not a model")
+    with _served(tmp_path) as (client, triton_client):
+        assert _version(client, "tiny") == "2"  # latest 1 fell back past the broken one
+        shutil.rmtree(broken)
+        triton_client.load_model("tiny")  # no failure left: no exception
         assert _version(client, "tiny") == "2"
-        triton_client.close()
+        index = triton_client.get_model_repository_index()
+        assert [(e["version"], e["state"]) for e in index] == [("2", "READY")]
 
 
 def test_in_flight_requests_finish_when_their_version_is_unloaded(
@@ -81,14 +130,12 @@ def test_in_flight_requests_finish_when_their_version_is_unloaded(
                 asyncio.create_task(client.post("/v2/models/slow/infer", json=BODY))
                 for _ in range(6)
             ]
-            # Wait until requests are queued behind the one running, then unload.
-            for _ in range(2000):
+
+            async def queued() -> bool:  # requests wait behind the one running
                 text = (await client.get("/metrics")).text
-                if metric(text, "shipyard_queue_depth", model="slow", version="1") >= 2:
-                    break
-                await asyncio.sleep(0.002)
-            else:
-                raise TimeoutError("requests never queued")
+                return metric(text, "shipyard_queue_depth", model="slow", version="1") >= 2
+
+            await _until(queued, "requests to queue")
             unload = await client.post("/v2/repository/models/slow/unload")
             return list(await asyncio.gather(*requests)), unload
 
@@ -109,11 +156,12 @@ def test_shutdown_drains_in_flight_requests(packages: Path, tmp_path: Path) -> N
                 asyncio.create_task(client.post("/v2/models/slow/infer", json=BODY))
                 for _ in range(4)
             ]
-            for _ in range(2000):
+
+            async def in_flight() -> bool:
                 text = (await client.get("/metrics")).text
-                if metric(text, "shipyard_inflight_requests") >= 4:
-                    break
-                await asyncio.sleep(0.002)
+                return metric(text, "shipyard_inflight_requests") >= 4
+
+            await _until(in_flight, "4 requests in flight")
             await asyncio.to_thread(server_stop)  # type: ignore[arg-type]
             return [r.status_code for r in await asyncio.gather(*requests)]
 
@@ -160,14 +208,15 @@ def test_new_version_goes_live_under_traffic_without_errors(packages: Path, tmp_
                     if response.status_code == 200:
                         versions.add(response.json()["model_version"])
 
+            async def answered(count: int) -> bool:
+                return len(statuses) >= count
+
             workers = [asyncio.create_task(worker()) for _ in range(4)]
-            while len(statuses) < 20:
-                await asyncio.sleep(0.005)
+            await _until(lambda: answered(20), "20 answers before the load")
             await asyncio.to_thread(add_version, packages, tmp_path, "tiny", 2)
             assert (await client.post("/v2/repository/models/tiny/load")).status_code == 200
             seen = len(statuses)
-            while len(statuses) < seen + 20:
-                await asyncio.sleep(0.005)
+            await _until(lambda: answered(seen + 20), "20 answers after the load")
             stop.set()
             await asyncio.gather(*workers)
         return statuses, versions

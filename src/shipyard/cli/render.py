@@ -7,7 +7,7 @@ second line instead of ending them with an ellipsis.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -16,6 +16,9 @@ from rich.text import Text
 
 from shipyard.bench import BenchReport
 from shipyard.validate import ValidationReport
+
+if TYPE_CHECKING:  # the web stack loads only when a server runs
+    from shipyard.serve.app import Startup
 
 
 def _table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
@@ -177,6 +180,38 @@ def candidates(rows: list[dict[str, Any]], batch: str) -> Table:
             verdict,
             "✓" if row.get("pareto") else "",
         )
+    return table
+
+
+def serving(startup: Startup, addresses: str) -> RenderableType:
+    """``shipyard serve``'s startup table: every version a load looked at, the artifact that
+    serves it and why, its backend, batching and state; ``addresses`` is its caption. One
+    line when no model was found."""
+    if not startup.rows:
+        return Text(f"no model loaded from {startup.layout.describe()}; {addresses}")
+    table = _table(
+        escape(startup.layout.describe()),
+        ("model", "version", "artifact", "why this artifact", "backend", "batching", "state"),
+        left=("model", "artifact", "why this artifact", "backend", "batching", "state"),
+    )
+    for row in startup.rows:
+        served = row.served
+        if served is None:
+            state = f"[bold red]{row.state.value}[/]: {escape(row.reason)}"
+            table.add_row(escape(row.model), str(row.version), "—", "—", "—", "—", state)
+            continue
+        rows, delay = served.batcher.max_batch_size, served.config.max_queue_delay_ms
+        batching = f"up to {rows} rows, {delay:g} ms delay" if rows else "off"
+        table.add_row(
+            escape(row.model),
+            str(row.version),
+            f"{escape(served.artifact.name)} ({escape(served.artifact_file)})",
+            escape(served.artifact_reason),
+            served.backend,
+            batching,
+            f"[green]{row.state.value}[/]",
+        )
+    table.caption = escape(addresses)
     return table
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -11,10 +11,20 @@ from rich.markup import escape
 from shipyard.cli.app import app, console
 from shipyard.errors import InputError
 
+if TYPE_CHECKING:  # the web stack loads only when the server runs
+    from shipyard.serve.app import Startup
+
 
 @app.command()
 def serve(
-    repository: Annotated[Path, typer.Argument(help="Folder of <model>/<version>/ packages.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A model repository (<model>/<version>/shipyard.json), one model folder "
+            "(<version>/shipyard.json) or one package folder (shipyard.json); a model or "
+            "package folder is served alone.",
+        ),
+    ],
     host: Annotated[
         str, typer.Option(help="Interface to bind (loopback by default).")
     ] = "127.0.0.1",
@@ -45,13 +55,30 @@ def serve(
     grpc_port: Annotated[
         int | None, typer.Option(help="Also serve V2 over gRPC on this port (Triton uses 8001).")
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Load every model before opening a port; refuse to start (exit 2) when one "
+            "fails to load or there is none.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve a model repository over the Open Inference Protocol v2 (KServe / Triton HTTP)."""
+    """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC)."""
     from shipyard.serve import run_server
+
+    bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    address = f"http://{bracketed}:{port}"
+
+    def show(startup: Startup) -> None:
+        from shipyard.cli import render
+
+        grpc = f", gRPC {bracketed}:{startup.grpc_port}" if startup.grpc_port is not None else ""
+        console.print(render.serving(startup, f"serving on {address}{grpc}"))
 
     # Tokens come from the environment by default: command lines are visible to local users.
     run_server(
-        repository,
+        path,
         host,
         port,
         auth_token=token,
@@ -60,6 +87,8 @@ def serve(
         max_body_bytes=int(max_body_mb * 2**20),
         log_level=log_level,
         grpc_port=grpc_port,
+        strict=strict,
+        on_loaded=show,
     )
 
 

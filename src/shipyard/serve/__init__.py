@@ -1,21 +1,26 @@
 """Serving: an Open Inference Protocol v2 (KServe V2 / Triton HTTP) server over a repository.
 
-``run_server(repository)`` serves ``<repository>/<model>/<version>/`` packages with dynamic
-batching; ``create_app(repository)`` returns the ASGI app for embedding or tests;
-``ServingConfig`` is the schema of a manifest's ``"serving"`` key. Importing this package is
-cheap: the web stack (Starlette, uvicorn, prometheus-client) loads on first use of the server,
-so recipes and builds can use ``ServingConfig`` without it.
+``run_server(path)`` serves a model repository (``<path>/<model>/<version>/``), one model
+folder (``<path>/<version>/``) or one package folder (``<path>/shipyard.json``) with dynamic
+batching; ``create_app(path)`` returns the ASGI app for embedding or tests. The schema of a
+manifest's ``"serving"`` key, ``ServingConfig``, is package schema: :mod:`shipyard.serving`.
+Importing this package is cheap: the web stack (Starlette, uvicorn, prometheus-client) loads
+on first use of the server.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shipyard.serve.config import MAX_BODY_BYTES, ServingConfig
+# Server-wide default: request bodies (gRPC messages) above this get 413 (RESOURCE_EXHAUSTED).
+# 64 MiB: a batch of 80 float32 224x224x3 images in binary form.
+MAX_BODY_BYTES = 64 * 2**20
 
 if TYPE_CHECKING:
-    from shipyard.serve.app import V2App
+    from shipyard.serve.app import Startup, V2App
 
 
 def create_app(repository: str | Path, **options: Any) -> V2App:
@@ -38,9 +43,13 @@ def run_server(
     access_log: bool = False,
     graceful_timeout: int = 30,
     grpc_port: int | None = None,
+    strict: bool = False,
+    on_loaded: Callable[[Startup], None] | None = None,
 ) -> None:
     """Serve ``repository`` on ``host:port`` until SIGINT/SIGTERM, then drain and return.
 
+    ``repository``: a model repository, one model folder or one package folder (a model or
+    package folder is served alone; see :mod:`shipyard.serve.layout`).
     Binds to loopback by default: pass ``host="0.0.0.0"`` (and a token) to serve a network.
     ``auth_token``: bearer token for inference, metadata and /metrics (health stays open).
     ``admin_token``: bearer token for /v2/repository (default: ``auth_token``).
@@ -49,7 +58,11 @@ def run_server(
     request (off by default: logging costs more than a small model's inference).
     ``graceful_timeout``: seconds in-flight requests get to finish on shutdown.
     ``grpc_port``: also serve the protocol over gRPC on ``host:grpc_port`` (None: HTTP only).
-    Raises RepositoryError when ``repository`` is not a folder.
+    ``strict``: load every model before any port opens, and refuse to start when one fails
+    to load or there is none (as Triton's ``--exit-on-error``). ``on_loaded``: called once
+    with a :class:`~shipyard.serve.app.Startup` when the startup loads have finished.
+    Raises RepositoryError (one line, saying what to pass or what failed) when ``repository``
+    is not a folder, or with ``strict``, before serving anything.
     """
     import uvicorn
 
@@ -61,8 +74,20 @@ def run_server(
         watch_seconds=watch_seconds,
         grpc_port=grpc_port,
         grpc_host=host,
+        strict=strict,
+        on_loaded=on_loaded,
     )
-    uvicorn.run(
+
+    class LoadFirst(uvicorn.Server):
+        """uvicorn, in whose event loop a strict server loads its models before uvicorn
+        starts: a failure then ends the run with our one-line error, never a traceback."""
+
+        async def serve(self, sockets: Any = None) -> None:
+            if strict:
+                await app.server.start_loading()
+            await super().serve(sockets)
+
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -70,6 +95,8 @@ def run_server(
         access_log=access_log,
         timeout_graceful_shutdown=graceful_timeout,
     )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while loading, as uvicorn.run does
+        LoadFirst(config).run()
 
 
-__all__ = ["MAX_BODY_BYTES", "ServingConfig", "create_app", "run_server"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "run_server"]

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +28,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipyard.errors import InputError
-from shipyard.serve.config import MAX_BODY_BYTES
-from shipyard.serve.errors import (
-    BadRequest,
-    ModelNotReady,
-    RepositoryError,
-    ServeError,
-    Unauthorized,
-)
+from shipyard.serve import MAX_BODY_BYTES
+from shipyard.serve.dispatch import Dispatcher
+from shipyard.serve.errors import BadRequest, ModelNotReady, RepositoryError, ServeError
 from shipyard.serve.infer import (
     INFER_PATH,
+    HttpTransport,
     Inference,
     Receive,
     Scope,
     Send,
     error_reply,
-    read_body,
     reply,
     send_reply,
 )
+from shipyard.serve.layout import Layout, find_layout, suggest
 from shipyard.serve.metrics import ServeMetrics
-from shipyard.serve.repository import Repository, check_name
+from shipyard.serve.repository import Repository, VersionRow, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -67,40 +63,88 @@ def error_response(error: BaseException) -> Response:
     return Response(body, status, {k.decode(): v.decode() for k, v in headers})
 
 
+@dataclass(frozen=True)
+class Startup:
+    """What ``on_loaded`` receives once the startup loads have finished (and gRPC, when
+    asked for, is serving): what was given, every version looked at, the bound gRPC port."""
+
+    layout: Layout
+    rows: list[VersionRow]
+    grpc_port: int | None
+
+
 class _Server:
-    """The state one app's handlers share."""
+    """The state one app's handlers share; ``dispatcher`` is shared with gRPC as well."""
 
     def __init__(
         self,
-        repository: Repository,
-        auth_token: str | None,
-        admin_token: str | None,
+        dispatcher: Dispatcher,
         max_body_bytes: int,
+        strict: bool,
+        on_loaded: Callable[[Startup], None] | None,
     ) -> None:
-        self.repository = repository
-        self.metrics = repository.metrics
+        self.dispatcher = dispatcher
+        self.repository = dispatcher.repository
+        self.metrics = dispatcher.metrics
         self.max_body_bytes = max_body_bytes
-        self.auth = f"Bearer {auth_token}".encode() if auth_token else None
-        # Without an admin token, repository endpoints fall back to the inference token.
-        admin = admin_token or auth_token
-        self.admin = f"Bearer {admin}".encode() if admin else None
+        self.http = HttpTransport(max_body_bytes)
+        self.strict, self.on_loaded = strict, on_loaded
         self.loading: asyncio.Task[None] | None = None
         self.draining = False
         self.grpc_port: int | None = None  # the bound gRPC port while gRPC serves
+        self._loaded = self._serving = False
 
-    @staticmethod
-    def authorize(request: Request, expected: bytes | None) -> None:
-        if expected is None:
+    def authorize(self, request: Request, admin: bool = False) -> None:
+        self.dispatcher.authorize(request.headers.get("authorization"), admin)
+
+    # -- startup ------------------------------------------------------------------------------
+    def start_loading(self) -> asyncio.Task[None]:
+        """The task loading every model at startup (started on the first call)."""
+        if self.loading is None:
+            self.loading = asyncio.get_running_loop().create_task(self._load())
+        return self.loading
+
+    async def _load(self) -> None:
+        """Load every model; strict: RepositoryError (one line) on a failure or no model."""
+        failures = await self.repository.load_all()
+        layout = self.repository.layout
+        empty = not self.repository.model_names()
+        if self.strict and (failures or empty):
+            await self.repository.close()
+            if failures:
+                why = " ".join("; ".join(failures.values()).split())  # one line
+                raise RepositoryError(
+                    f"refusing to start (strict): {len(failures)} model(s) failed to load: {why}"
+                )
+            raise RepositoryError(
+                f"refusing to start (strict): no model in {layout.describe()}; {suggest(layout)}"
+            )
+        for name, why in failures.items():
+            logger.warning("model %s: %s", name, why)
+        if empty:
+            logger.warning("no model in %s; %s", layout.describe(), suggest(layout))
+        self._loaded = True
+        self._report()
+
+    def mark_serving(self) -> None:
+        """The lifespan is up (gRPC bound when asked for): report once loads finish too."""
+        self._serving = True
+        self._report()
+
+    def _report(self) -> None:
+        if self.on_loaded is None or not (self._loaded and self._serving):
             return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+        on_loaded, self.on_loaded = self.on_loaded, None  # once
+        try:
+            on_loaded(Startup(self.repository.layout, self.repository.rows(), self.grpc_port))
+        except Exception:  # a broken report must not stop the server
+            logger.exception("on_loaded failed")
 
     # -- health and metadata ------------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
         from shipyard import __version__
 
-        self.authorize(request, self.auth)
+        self.authorize(request)
         return _json({"name": "shipyard", "version": __version__, "extensions": EXTENSIONS})
 
     async def live(self, request: Request) -> Response:
@@ -122,7 +166,7 @@ class _Server:
         return _json({"error": reason}, 400) if reason else _json({"ready": True})
 
     async def model_metadata(self, request: Request) -> Response:
-        self.authorize(request, self.auth)
+        self.authorize(request)
         served = self.repository.get(
             request.path_params["model"], request.path_params.get("version")
         )
@@ -137,7 +181,7 @@ class _Server:
         )
 
     async def model_ready(self, request: Request) -> Response:
-        self.authorize(request, self.auth)
+        self.authorize(request)
         name = request.path_params["model"]
         try:
             self.repository.get(name, request.path_params.get("version"))
@@ -146,23 +190,22 @@ class _Server:
         return _json({"name": name, "ready": True})
 
     async def model_config(self, request: Request) -> Response:
-        self.authorize(request, self.auth)
+        self.authorize(request)
         served = self.repository.get(
             request.path_params["model"], request.path_params.get("version")
         )
         return _json(served.triton_config())
 
     async def metrics_text(self, request: Request) -> Response:
-        self.authorize(request, self.auth)
+        self.authorize(request)
         body, content_type = self.metrics.render()
         return Response(body, headers={"Content-Type": content_type})
 
     # -- repository extension -----------------------------------------------------------------
     async def _options(self, request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
-        body = await read_body(
-            request.receive, length.encode() if length else None, self.max_body_bytes
-        )
+        content_length = length.encode() if length else None
+        body, _ = await self.http.receive((request.receive, content_length, None, None))
         if not body.strip():
             return {}
         try:
@@ -174,13 +217,13 @@ class _Server:
         return value
 
     async def index(self, request: Request) -> Response:
-        self.authorize(request, self.admin)
+        self.authorize(request, admin=True)
         options = await self._options(request)
         entries = await self.repository.index(bool(options.get("ready")))
         return _json(entries)
 
     async def load(self, request: Request) -> Response:
-        self.authorize(request, self.admin)
+        self.authorize(request, admin=True)
         name = check_name(request.path_params["model"])
         parameters = (await self._options(request)).get("parameters") or {}
         if parameters.get("config") or any(str(k).startswith("file:") for k in parameters):
@@ -189,7 +232,7 @@ class _Server:
         return _json({"name": name, "versions": [str(v) for v in versions]})
 
     async def unload(self, request: Request) -> Response:
-        self.authorize(request, self.admin)
+        self.authorize(request, admin=True)
         name = check_name(request.path_params["model"])
         await self._options(request)
         await self.repository.unload(name)
@@ -225,36 +268,46 @@ def create_app(
     watch_seconds: float | None = None,
     grpc_port: int | None = None,
     grpc_host: str = "127.0.0.1",
+    strict: bool = False,
+    on_loaded: Callable[[Startup], None] | None = None,
 ) -> V2App:
-    """The V2 server (an ASGI app) over the model repository folder ``repository``.
+    """The V2 server (an ASGI app) over ``repository``: a model repository folder, one model
+    folder or one package folder (:mod:`shipyard.serve.layout`; a model or package folder is
+    served alone). Raises RepositoryError when it is not a folder, saying what to pass.
 
     ``auth_token``: bearer token for inference, metadata and /metrics (health stays open for
     probes). ``admin_token``: bearer token for the repository endpoints (default:
     ``auth_token``). ``max_body_bytes``: larger bodies get 413. ``watch_seconds``: poll the
     folder this often and (re)load models whose versions changed. Models load in the
-    background at startup; ``/v2/health/ready`` answers 200 once they have.
+    background at startup (unless ``strict``); ``/v2/health/ready`` answers 200 once they
+    have.
     ``grpc_port``: also serve the protocol over gRPC on ``grpc_host:grpc_port`` (0: a free
     port, then read ``app.server.grpc_port``), in the same event loop, with the same models,
     batchers, tokens and metrics (see :mod:`shipyard.serve.grpc.server`); None: HTTP only.
+    ``strict``: startup waits for the loads and fails with RepositoryError (one line) when a
+    model failed to load or there is none; without it, models load in the background and
+    failures show in the index. ``on_loaded``: called once with a :class:`Startup` when the
+    startup loads have finished (the CLI prints its table).
     """
-    root = Path(repository)
-    if not root.is_dir():
-        raise RepositoryError(f"model repository {root} is not a folder")
-    server = _Server(Repository(root, ServeMetrics()), auth_token, admin_token, max_body_bytes)
+    repo = Repository(find_layout(repository), ServeMetrics())
+    dispatcher = Dispatcher(repo, auth_token, admin_token)
+    server = _Server(dispatcher, max_body_bytes, strict, on_loaded)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        grpc = None
-        if grpc_port is not None:
-            from shipyard.serve.grpc.server import start_grpc_server
-
-            grpc = await start_grpc_server(server, grpc_host, grpc_port)
-            server.grpc_port = grpc.port
-        server.loading = asyncio.create_task(server.repository.load_all())
-        watcher = (
-            asyncio.create_task(_watch(server.repository, watch_seconds)) if watch_seconds else None
-        )
+        grpc = watcher = None
+        loading = server.start_loading()  # run_server with strict has loaded already
         try:
+            if strict:
+                await loading  # no port opens before every model is in service
+            if grpc_port is not None:
+                from shipyard.serve.grpc.server import start_grpc_server
+
+                grpc = await start_grpc_server(server, grpc_host, grpc_port)
+                server.grpc_port = grpc.port
+            if watch_seconds:
+                watcher = asyncio.create_task(_watch(server.repository, watch_seconds))
+            server.mark_serving()
             yield
         finally:
             # uvicorn has finished the in-flight HTTP requests by now; drain the batchers.
@@ -288,8 +341,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
-    inference = Inference(server.repository, server.metrics, server.auth, max_body_bytes)
-    return V2App(routed, inference, server)
+    return V2App(routed, Inference(dispatcher, server.http), server)
 
 
 class V2App:
@@ -327,4 +379,4 @@ async def _watch(repository: Repository, seconds: float) -> None:
             logger.exception("polling %s failed", repository.root)
 
 
-__all__ = ["MAX_BODY_BYTES", "V2App", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "Startup", "V2App", "create_app"]

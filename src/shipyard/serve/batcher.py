@@ -26,7 +26,6 @@ import numpy as np
 
 from shipyard.errors import BackendError
 from shipyard.runtimes.base import Session
-from shipyard.serve.config import ServingConfig
 from shipyard.serve.errors import (
     BadRequest,
     ModelNotReady,
@@ -35,6 +34,7 @@ from shipyard.serve.errors import (
     VersionRetired,
 )
 from shipyard.serve.metrics import VersionMetrics
+from shipyard.serving import ServingConfig
 from shipyard.signature import Signature
 
 logger = logging.getLogger(__name__)

@@ -23,35 +23,16 @@ import orjson
 import simdjson
 
 from shipyard.serve.errors import BadRequest
+from shipyard.serve.protocol import (
+    CONTROL_PARAMETERS,
+    DATATYPES,
+    datatype_of,
+    input_dtype,
+    timeout_seconds,
+)
 from shipyard.signature import Signature
 
 HEADER_LENGTH = "inference-header-content-length"
-# Request parameters that steer the protocol; the rest are echoed in the response.
-_CONTROL_PARAMETERS = frozenset(
-    {"binary_data_output", "timeout", "priority", "sequence_id", "sequence_start", "sequence_end"}
-)
-
-# V2 datatype -> numpy dtype; BYTES (length-prefixed strings) is not supported.
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-_BY_NUMPY = {dtype.name: name for name, dtype in DATATYPES.items()}
-
-
-def datatype_of(dtype: str | np.dtype[Any]) -> str:
-    """The V2 datatype name of a numpy dtype (``float32`` -> ``FP32``)."""
-    return _BY_NUMPY[np.dtype(dtype).name]
 
 
 @dataclass
@@ -68,10 +49,7 @@ class InferRequest:
     @property
     def timeout(self) -> float | None:
         """``parameters.timeout`` (microseconds, as tritonclient sends it) in seconds."""
-        value = self.parameters.get("timeout")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            return float(value) / 1e6
-        return None
+        return timeout_seconds(self.parameters.get("timeout"))
 
 
 def parse_json(body: bytes) -> Any:
@@ -188,25 +166,6 @@ def _shape(tensor: Mapping[str, Any], name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _dtype(tensor: Mapping[str, Any], name: str, signature: Signature | None) -> np.dtype[Any]:
-    datatype = tensor.get("datatype")
-    if datatype == "BYTES":
-        raise BadRequest(f"input '{name}': BYTES tensors are not supported by this server")
-    if datatype not in DATATYPES:
-        raise BadRequest(
-            f"input '{name}': unknown datatype {datatype!r}; use one of {sorted(DATATYPES)}"
-        )
-    dtype = DATATYPES[datatype]
-    if signature is not None:
-        spec = next((s for s in signature.inputs if s.name == name), None)
-        if spec is not None and np.dtype(spec.dtype) != dtype:
-            raise BadRequest(
-                f"input '{name}' has datatype {datatype}, but the model expects "
-                f"{datatype_of(spec.dtype)} ({spec.describe()})"
-            )
-    return dtype
-
-
 def _from_json(data: Any, shape: tuple[int, ...], dtype: np.dtype[Any], name: str) -> np.ndarray:
     if isinstance(data, np.ndarray) and dtype.kind in "iu" and data.size:
         # as np.asarray on a list does: refuse values the datatype cannot hold, never wrap
@@ -262,7 +221,7 @@ def decode_request(
             raise BadRequest("each input needs a 'name'")
         if name in inputs:
             raise BadRequest(f"input '{name}' is given twice")
-        shape, dtype = _shape(tensor, name), _dtype(tensor, name, signature)
+        shape, dtype = _shape(tensor, name), input_dtype(tensor.get("datatype"), name, signature)
         params = _object(tensor.get("parameters") or {}, f"input '{name}': 'parameters'")
         size = params.get("binary_data_size")
         if size is None:
@@ -351,7 +310,7 @@ def encode_response(
     response: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if request.id is not None:
         response["id"] = request.id
-    echoed = {k: v for k, v in request.parameters.items() if k not in _CONTROL_PARAMETERS}
+    echoed = {k: v for k, v in request.parameters.items() if k not in CONTROL_PARAMETERS}
     if echoed:
         response["parameters"] = echoed
     response["outputs"] = described

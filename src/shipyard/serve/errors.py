@@ -67,9 +67,12 @@ class RequestTimeout(ServeError):
     status = 504
 
 
-class ServingConfigError(ShipyardError):
-    """The manifest's ``serving`` section is invalid (the version cannot be loaded)."""
+class InternalError(ServeError):
+    """A bug of ours, already logged where it happened; the message names its type (500)."""
+
+    status = 500
 
 
 class RepositoryError(ShipyardError):
-    """The model repository folder cannot be served (missing, not a folder)."""
+    """What was given to serve cannot be served: not a folder, no model in it, or (strict)
+    a model that failed to load. The message says what to pass instead."""

@@ -2,35 +2,26 @@
 
 This is the hot path, so it skips the web framework: measured here on 2 cores with the same
 client, an empty handler answered ~10,000 req/s as plain ASGI, ~6,350 on a Starlette route and
-~2,700 on a FastAPI route. Per request it parses the headers once, reads the body (413 on
-Content-Length or while streaming), decodes, queues on the version's batcher, encodes and
-sends; no logging unless something unexpected fails.
+~2,700 on a FastAPI route. Per request it parses the headers once and hands the request to
+the dispatcher (:mod:`shipyard.serve.dispatch`: auth, lookup, decode, batch, encode, metrics),
+which calls back :class:`HttpTransport` for what only HTTP knows: the body (413 on
+Content-Length or while streaming) and the JSON/binary codec. Then it sends the reply; no
+logging unless something unexpected fails.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import json
-import logging
 import re
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from shipyard.errors import InputError
-from shipyard.serve.codec import decode_request, encode_response
-from shipyard.serve.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    ServeError,
-    Unauthorized,
-    VersionRetired,
-)
-from shipyard.serve.metrics import ServeMetrics
-from shipyard.serve.repository import Repository
+import numpy as np
 
-logger = logging.getLogger(__name__)
+from shipyard.serve.codec import InferRequest, decode_request, encode_response
+from shipyard.serve.dispatch import Dispatcher, Transport, failure
+from shipyard.serve.errors import BadRequest, PayloadTooLarge, ServeError
+from shipyard.signature import Signature
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -39,39 +30,15 @@ Headers = list[tuple[bytes, bytes]]
 Reply = tuple[int, Headers, bytes]
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
-# Bodies (and outputs) above this are decoded (encoded) in a worker thread: parsing megabytes
-# of JSON numbers takes milliseconds that would stall every other request.
-_INLINE_BYTES = 256 * 2**10
 _JSON = b"application/json"
 
 
 class ClientGone(ServeError):
-    """The client disconnected before its request body arrived; nobody reads the answer."""
+    """The client disconnected before its request body arrived; nobody reads the answer.
 
-    status = 400
+    Counted in the metrics as 499 (nginx's "client closed request"), never sent."""
 
-
-async def read_body(receive: Receive, content_length: bytes | None, limit: int) -> bytes:
-    """The request body; PayloadTooLarge when Content-Length or the bytes received so far
-    exceed ``limit`` (a client may send no Content-Length, or a false one)."""
-    if content_length is not None:
-        if not content_length.isdigit():
-            raise BadRequest("Content-Length must be a non-negative integer")
-        if int(content_length) > limit:
-            raise PayloadTooLarge(f"the body has {int(content_length)} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone("the client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    status = 499
 
 
 def reply(value: Any, status: int = 200, headers: Headers | None = None) -> Reply:
@@ -81,17 +48,15 @@ def reply(value: Any, status: int = 200, headers: Headers | None = None) -> Repl
 
 
 def error_reply(error: BaseException) -> Reply:
-    """``{"error": message}`` with the status the error maps to (500 for our bugs)."""
-    if isinstance(error, ServeError):
-        headers = []
-        if error.retry_after:
-            headers.append((b"retry-after", str(error.retry_after).encode()))
-        if isinstance(error, Unauthorized):
-            headers.append((b"www-authenticate", b"Bearer"))
-        return reply({"error": str(error)}, error.status, headers)
-    if isinstance(error, InputError):
-        return reply({"error": str(error)}, 400)
-    return reply({"error": f"internal error: {type(error).__name__}: {error}"}, 500)
+    """``{"error": message}`` with the status :func:`~shipyard.serve.dispatch.failure` gives
+    (500 for our bugs), ``Retry-After`` where it has one and ``WWW-Authenticate`` on 401."""
+    answer = failure(error)
+    headers = []
+    if answer.retry_after:
+        headers.append((b"retry-after", str(answer.retry_after).encode()))
+    if answer.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return reply({"error": answer.message}, answer.status, headers)
 
 
 async def send_reply(send: Send, answer: Reply) -> None:
@@ -101,94 +66,109 @@ async def send_reply(send: Send, answer: Reply) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class Inference:
-    """Answers inference requests for the models of ``repository``.
+# An inference request as HTTP hands it to dispatch: the ASGI receive callable and the
+# Content-Length, Inference-Header-Content-Length and Content-Encoding header values.
+HttpRequest = tuple[Receive, bytes | None, str | None, bytes | None]
+# The complete request: its body and Inference-Header-Content-Length.
+HttpBody = tuple[bytes, str | None]
 
-    ``auth``: the exact ``Authorization`` header value required (None: open).
-    ``max_body_bytes``: larger bodies get 413.
-    """
 
-    def __init__(
+class HttpTransport(Transport[HttpRequest, HttpBody, InferRequest, tuple[bytes, int | None]]):
+    """V2 over HTTP: the body after the headers, JSON or the binary tensor extension."""
+
+    receives = True
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    async def receive(self, request: HttpRequest) -> HttpBody:
+        """The body: PayloadTooLarge when Content-Length or the bytes received so far exceed
+        ``max_body_bytes`` (a client may send no Content-Length, or a false one); ClientGone
+        when the client disconnects first."""
+        receive, length, header_length, encoding = request
+        if encoding not in (None, b"identity"):
+            raise BadRequest("compressed request bodies (Content-Encoding) are not supported")
+        limit = self.max_body_bytes
+        if length is not None:
+            if not length.isdigit():
+                raise BadRequest("Content-Length must be a non-negative integer")
+            if int(length) > limit:
+                raise PayloadTooLarge(f"the body has {int(length)} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone("the client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks), header_length
+
+    def decode_cost(self, payload: HttpBody) -> int:
+        # Binary tensors are views of the body. A JSON number takes at least ~4 bytes with its
+        # separator, so JSON bodies go to a thread from 256 KiB on.
+        body, header_length = payload
+        return 0 if header_length is not None else len(body) // 4
+
+    def decode(self, payload: HttpBody, signature: Signature) -> InferRequest:
+        return decode_request(payload[0], payload[1], signature)
+
+    def encode_cost(self, outputs: Mapping[str, np.ndarray], decoded: InferRequest) -> int:
+        # Counted in 4-byte values whether JSON or binary: joining binary outputs copies them.
+        size = 0
+        for array in outputs.values():
+            size += array.nbytes
+        return size // 4
+
+    def encode(
         self,
-        repository: Repository,
-        metrics: ServeMetrics,
-        auth: bytes | None,
-        max_body_bytes: int,
-    ) -> None:
-        self.repository, self.metrics = repository, metrics
-        self.auth, self.max_body_bytes = auth, max_body_bytes
+        model: str,
+        version: int,
+        outputs: Mapping[str, np.ndarray],
+        decoded: InferRequest,
+    ) -> tuple[bytes, int | None]:
+        return encode_response(model, version, outputs, decoded)
+
+
+class Inference:
+    """Answers ``POST .../infer`` through ``dispatcher``, reading bodies with ``transport``."""
+
+    def __init__(self, dispatcher: Dispatcher, transport: HttpTransport) -> None:
+        self.dispatcher, self.transport = dispatcher, transport
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
+        """Answer one request (nothing when the client left before its body arrived)."""
+        length = header_length = authorization = encoding = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif key == b"authorization":
+                authorization = value
+            elif key == b"content-encoding":
+                encoding = value
+        request = (receive, length, header_length, encoding)
         try:
-            answer = await self.handle(scope, receive, model, version)
+            content, json_length = await self.dispatcher.infer(
+                self.transport, request, model, version, authorization
+            )
         except ClientGone:
             return
-        await send_reply(send, answer)
-
-    async def handle(
-        self, scope: Scope, receive: Receive, model: str, version: str | None
-    ) -> Reply:
-        started = time.perf_counter()
-        served = None
-        self.metrics.inflight.inc()
-        try:
-            length = header_length = authorization = encoding = None
-            for key, value in scope["headers"]:
-                if key == b"content-length":
-                    length = value
-                elif key == b"inference-header-content-length":
-                    header_length = value.decode("latin-1")
-                elif key == b"authorization":
-                    authorization = value
-                elif key == b"content-encoding":
-                    encoding = value
-            if self.auth is not None and not hmac.compare_digest(authorization or b"", self.auth):
-                raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
-            served = self.repository.get(model, version)
-            if encoding not in (None, b"identity"):
-                raise BadRequest("compressed request bodies (Content-Encoding) are not supported")
-            body = await read_body(receive, length, self.max_body_bytes)
-            if len(body) > _INLINE_BYTES and header_length is None:
-                decoded = await asyncio.to_thread(
-                    decode_request, body, header_length, served.signature
-                )
-            else:
-                decoded = decode_request(body, header_length, served.signature)
-            try:
-                outputs = await served.batcher.infer(decoded.inputs, decoded.timeout)
-            except VersionRetired:
-                if version is not None:
-                    raise
-                # Unloaded or replaced while the body arrived: the newest version answers.
-                served = self.repository.get(model, None)
-                outputs = await served.batcher.infer(decoded.inputs, decoded.timeout)
-            encode = (served.name, served.version, outputs, decoded)
-            if sum(a.nbytes for a in outputs.values()) > _INLINE_BYTES:
-                content, json_length = await asyncio.to_thread(encode_response, *encode)
-            else:
-                content, json_length = encode_response(*encode)
-        except ClientGone:
-            raise
         except Exception as error:
-            if not isinstance(error, ServeError | InputError):
-                logger.exception("inference on model %r failed", model)
-            answer = error_reply(error)
-            labels = (served.name, str(served.version)) if served else ("", "")
-            self.metrics.count(*labels, answer[0])
-            return answer
-        finally:
-            self.metrics.inflight.dec()
-        served.metrics.succeeded.inc()
-        served.metrics.latency.observe(time.perf_counter() - started)
+            await send_reply(send, error_reply(error))
+            return
         if json_length is None:
-            return 200, [(b"content-type", _JSON)], content
-        return (
-            200,
-            [
+            headers = [(b"content-type", _JSON)]
+        else:
+            headers = [
                 (b"content-type", b"application/octet-stream"),
                 (b"inference-header-content-length", str(json_length).encode()),
-            ],
-            content,
-        )
+            ]
+        await send_reply(send, (200, headers, content))

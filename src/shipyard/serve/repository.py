@@ -1,12 +1,13 @@
 """The model repository: ``<root>/<model>/<version>/shipyard.json``, loaded into batchers.
 
-Loading a model reads its version folders, applies the version policy (from the newest
-version's ``serving`` config), and for each chosen version: verifies the package (sha256),
-opens ``instances`` sessions, runs the signature's example inputs once (smoke test) and only
-then puts the version in service. A version that fails to load never replaces one that is
-serving: under ``latest: N`` the next older version that loads is served instead, and a failed
-reload of a serving version keeps the previous load. Unloading drains: queued and running
-requests of the version finish first.
+The root may also be one model folder or one package folder (:mod:`shipyard.serve.layout`);
+then only that model is served. Loading a model reads its version folders, applies the
+version policy (from the newest version's ``serving`` config), and for each chosen version:
+verifies the package (sha256), opens ``instances`` sessions, runs the signature's example
+inputs once (smoke test) and only then puts the version in service. A version that fails to
+load never replaces one that is serving: under ``latest: N`` the next older version that
+loads is served instead, and a failed reload of a serving version keeps the previous load.
+Unloading drains: queued and running requests of the version finish first.
 
 Model names from requests are looked up in memory only; the filesystem is touched only by
 load, unload and index, and only after the name matched ``NAME_PATTERN``.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,20 +25,18 @@ from typing import Any
 from shipyard.errors import ShipyardError
 from shipyard.package import MANIFEST, load_package
 from shipyard.serve.batcher import Batcher
-from shipyard.serve.config import LatestPolicy, ServingConfig, VersionPolicy
 from shipyard.serve.errors import (
     BadRequest,
     ModelNotFound,
     ModelNotReady,
     ServeError,
 )
+from shipyard.serve.layout import NAME_PATTERN, VERSION_PATTERN, Layout, find_layout
 from shipyard.serve.metrics import ServeMetrics
 from shipyard.serve.version import ModelVersion, manifest_digest, open_version
+from shipyard.serving import AllPolicy, LatestPolicy, ServingConfig, VersionPolicy
 
 logger = logging.getLogger(__name__)
-
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
 class LoadFailed(ServeError):
@@ -75,7 +73,7 @@ def check_name(name: str) -> str:
 
 def parse_version(text: str) -> int:
     """A version from a URL: a positive integer, else BadRequest."""
-    if not _VERSION_PATTERN.match(text):
+    if not VERSION_PATTERN.match(text):
         raise BadRequest(f"invalid version {text[:40]!r}: versions are positive integers")
     return int(text)
 
@@ -93,21 +91,21 @@ class _Model:
         self.latest = serving[max(serving)] if serving else None
 
 
-def scan_versions(folder: Path) -> dict[int, Path]:
-    """Version number -> folder, for numeric subfolders holding a manifest."""
-    if not folder.is_dir():
-        return {}
-    return {
-        int(child.name): child
-        for child in folder.iterdir()
-        if _VERSION_PATTERN.match(child.name) and (child / MANIFEST).is_file()
-    }
+@dataclass(frozen=True)
+class VersionRow:
+    """One version the repository knows, as the startup table lists it."""
+
+    model: str
+    version: int
+    state: State
+    reason: str  # why it is not READY, with the error (empty when READY)
+    served: ModelVersion | None  # the version in service, None unless READY
 
 
-def _fingerprint(folder: Path) -> tuple[tuple[int, int, int, int], ...]:
-    """Cheap change detector for a model folder: each version's manifest inode, mtime, size."""
+def _fingerprint(versions: dict[int, Path]) -> tuple[tuple[int, int, int, int], ...]:
+    """Cheap change detector for a model: each version's manifest inode, mtime, size."""
     prints = []
-    for number, path in sorted(scan_versions(folder).items()):
+    for number, path in sorted(versions.items()):
         try:
             stat = (path / MANIFEST).stat()
         except OSError:
@@ -134,10 +132,15 @@ def _detail(error: BaseException) -> str:
 
 
 class Repository:
-    """The models of ``root`` and their versions in service. Use inside one event loop."""
+    """The models of ``root`` and their versions in service. Use inside one event loop.
 
-    def __init__(self, root: str | Path, metrics: ServeMetrics | None = None) -> None:
-        self.root = Path(root).resolve()
+    ``root``: a repository, model or package folder (see :mod:`shipyard.serve.layout`), or
+    its :class:`Layout`. Raises RepositoryError when it is not a folder.
+    """
+
+    def __init__(self, root: str | Path | Layout, metrics: ServeMetrics | None = None) -> None:
+        self.layout = root if isinstance(root, Layout) else find_layout(root)
+        self.root = self.layout.path
         self.metrics = metrics or ServeMetrics()
         self._models: dict[str, _Model] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -188,18 +191,23 @@ class Repository:
 
     # -- repository operations ----------------------------------------------------------------
     def model_names(self) -> list[str]:
-        """Valid model folder names under root (hidden and staging folders are skipped)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name)
-        )
+        """The models served from root: for a repository its valid model folder names
+        (hidden and staging folders are skipped), else the one model."""
+        return self.layout.model_names()
+
+    def rows(self) -> list[VersionRow]:
+        """Every version a load has looked at, by model and version."""
+        return [
+            VersionRow(name, number, status.state, status.describe(), model.serving.get(number))
+            for name, model in sorted(self._models.items())
+            for number, status in sorted(model.status.items())
+        ]
 
     async def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """The V2 repository index: one entry per model version on disk or in memory."""
 
         def scan() -> dict[str, set[int]]:  # the filesystem part, off the event loop
-            return {name: set(scan_versions(self.root / name)) for name in self.model_names()}
+            return {name: set(self.layout.versions(name)) for name in self.model_names()}
 
         on_disk = await asyncio.to_thread(scan)
         entries = []
@@ -220,13 +228,16 @@ class Repository:
                 )
         return entries
 
-    async def load_all(self) -> None:
-        """Load every model under root; failures are recorded in the index, not raised."""
-        for name in self.model_names():
+    async def load_all(self) -> dict[str, str]:
+        """Load every model under root; return model -> why it (or one of the versions its
+        policy chose) failed to load, for the caller to log or refuse. The index keeps it."""
+        failures = {}
+        for name in await asyncio.to_thread(self.model_names):
             try:
                 await self.load(name)
             except ServeError as error:
-                logger.warning("model %s: %s", name, error)
+                failures[name] = str(error)
+        return failures
 
     async def load(self, name: str) -> list[int]:
         """(Re)load ``name`` per its version policy; return the versions now serving.
@@ -236,9 +247,8 @@ class Repository:
         """
         check_name(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
-            folder = self.root / name
-            self._prints[name] = await asyncio.to_thread(_fingerprint, folder)
-            versions = await asyncio.to_thread(scan_versions, folder)
+            versions = await asyncio.to_thread(self.layout.versions, name)
+            self._prints[name] = await asyncio.to_thread(_fingerprint, versions)
             if not versions:
                 # Gone from disk (or never there): retire what served and forget the model.
                 self._prints.pop(name, None)
@@ -250,7 +260,11 @@ class Repository:
                 raise ModelNotFound(f"no model '{name}' (no version folder with {MANIFEST})")
             model = self._models.setdefault(name, _Model(name))
             model.unloaded = False
-            policy = await asyncio.to_thread(_policy, versions)
+            # A package folder is served as given, whatever its policy says.
+            if self.layout.kind == "package":
+                policy: VersionPolicy = AllPolicy(all=True)
+            else:
+                policy = await asyncio.to_thread(_policy, versions)
             wanted = policy.latest if isinstance(policy, LatestPolicy) else len(versions)
             serving: dict[int, ModelVersion] = {}
             failures: list[str] = []
@@ -319,7 +333,7 @@ class Repository:
 
         def scan() -> dict[str, tuple[tuple[int, int, int, int], ...]]:
             names = set(self.model_names()) | set(self._prints)
-            return {name: _fingerprint(self.root / name) for name in names}
+            return {name: _fingerprint(self.layout.versions(name)) for name in names}
 
         changed = [
             name

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.artifact import Artifact
+from shipyard.errors import ServingConfigError
 from shipyard.package import MANIFEST, Package, load_package
 from shipyard.runtimes.base import Session, open_session
 from shipyard.serve.batcher import Batcher
-from shipyard.serve.codec import datatype_of
-from shipyard.serve.config import LatestPolicy, ServingConfig, SpecificPolicy
-from shipyard.serve.errors import ServingConfigError
 from shipyard.serve.metrics import VersionMetrics
+from shipyard.serve.protocol import datatype_of
+from shipyard.serving import LatestPolicy, ServingConfig, SpecificPolicy
 from shipyard.signature import TensorSpec
 
 # backend -> the "platform" V2 model metadata reports (Triton's names).
@@ -39,6 +39,8 @@ class OpenedVersion:
     package: Package
     config: ServingConfig
     sessions: list[Session]
+    artifact: Artifact
+    artifact_reason: str  # why this artifact: see `choose_artifact`
     backend: str
     digest: str
     seconds: float
@@ -60,10 +62,17 @@ class ModelVersion:
         self.digest, self.load_seconds = opened.digest, opened.seconds
         self.batcher, self.metrics = batcher, metrics
         self.signature = batcher.signature
+        self.artifact, self.artifact_reason = opened.artifact, opened.artifact_reason
         self.backend = opened.backend
         self.platform = _PLATFORMS.get(opened.backend, opened.backend)
         self.inputs = [_tensor_metadata(s) for s in self.signature.inputs]
         self.outputs = [_tensor_metadata(s) for s in self.signature.outputs]
+
+    @property
+    def artifact_file(self) -> str:
+        """The served artifact's file, relative to the version folder."""
+        path = self.artifact.path
+        return str(path.relative_to(self.package.path)) if path is not None else ""
 
     def triton_config(self) -> dict[str, Any]:
         """The version's settings in the shape of Triton's model configuration (JSON)."""
@@ -94,6 +103,8 @@ class ModelVersion:
             "name": self.name,
             "platform": self.platform,
             "backend": self.backend,
+            # Triton's field for the file a version serves; the parameters say why.
+            "default_model_filename": self.artifact_file,
             "version_policy": version_policy,
             "max_batch_size": self.batcher.max_batch_size,
             "input": tensors(self.signature.inputs),
@@ -109,7 +120,11 @@ class ModelVersion:
             if batching
             else None,
             "instance_group": [{"count": config.instances, "kind": "KIND_CPU"}],
-            "parameters": {"threads": {"string_value": str(config.threads)}},
+            "parameters": {
+                "threads": {"string_value": str(config.threads)},
+                "artifact": {"string_value": self.artifact.name},
+                "artifact_reason": {"string_value": self.artifact_reason},
+            },
         }
 
 
@@ -117,18 +132,34 @@ def manifest_digest(folder: Path) -> str:
     return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
 
 
-def _pick_artifact(package: Package, config: ServingConfig) -> tuple[Artifact, str]:
-    wanted = config.artifact or package.manifest.get("default_artifact")
+def choose_artifact(package: Package, config: ServingConfig) -> tuple[Artifact, str]:
+    """The artifact a version serves and why, in words for the config endpoint and the
+    startup table: ``serving.artifact`` when set, else the manifest's ``default_artifact``
+    with its ``default_artifact_reason`` (older packages have none), else the first one.
+
+    Raises ServingConfigError when the package has no artifact or not the one named.
+    """
+    manifest = package.manifest
     if not package.artifacts:
         raise ServingConfigError(f"{package.path} holds no artifact to serve")
     names = [a.name for a in package.artifacts]
-    if wanted is None:
+    if config.artifact is not None:
+        wanted, why = config.artifact, "named by serving.artifact (the recipe's serve: artifact:)"
+    elif manifest.get("default_artifact") is not None:
+        wanted = manifest["default_artifact"]
+        reason = manifest.get("default_artifact_reason")
+        why = reason if isinstance(reason, str) and reason else "the package's default artifact"
+    else:
         wanted = names[0]
+        why = "the package's first artifact (its manifest names no default)"
     if wanted not in names:
         raise ServingConfigError(f"artifact {wanted!r} is not in the package; it has {names}")
-    artifact = package.artifacts[names.index(wanted)]
-    entry = next(e for e in package.manifest["artifacts"] if e["name"] == wanted)
-    return artifact, entry.get("backend") or ("onnxruntime" if artifact.format == "onnx" else "")
+    return package.artifacts[names.index(wanted)], why
+
+
+def _backend(package: Package, artifact: Artifact) -> str:
+    entry = next(e for e in package.manifest["artifacts"] if e["name"] == artifact.name)
+    return entry.get("backend") or ("onnxruntime" if artifact.format == "onnx" else "")
 
 
 def open_version(folder: Path) -> OpenedVersion:
@@ -137,7 +168,8 @@ def open_version(folder: Path) -> OpenedVersion:
     digest = manifest_digest(folder)
     package = load_package(folder, verify=True)
     config = ServingConfig.from_manifest(package.manifest)
-    artifact, backend = _pick_artifact(package, config)
+    artifact, why = choose_artifact(package, config)
+    backend = _backend(package, artifact)
     sessions: list[Session] = []
     try:
         for _ in range(config.instances):
@@ -155,4 +187,5 @@ def open_version(folder: Path) -> OpenedVersion:
         for session in sessions:
             session.close()
         raise
-    return OpenedVersion(package, config, sessions, backend, digest, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return OpenedVersion(package, config, sessions, artifact, why, backend, digest, seconds)

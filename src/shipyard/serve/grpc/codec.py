@@ -2,7 +2,8 @@
 
 Inputs come either all in ``raw_input_contents`` (one entry per input, in order: what
 tritonclient sends) or each in its typed ``contents`` field. Datatypes, their checks against the
-model and the error messages are those of the HTTP codec; BYTES is refused. Outputs go back the
+model and the error messages are those of the HTTP codec (both use
+:mod:`shipyard.serve.protocol`); BYTES is refused. Outputs go back the
 way inputs came: raw when the request was raw (tritonclient reads only raw outputs), typed
 otherwise, and raw in any case when an output is FP16 (it has no typed field). The request ``id``
 and its parameters, except the protocol's own (``timeout`` ...), are echoed in the response.
@@ -17,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.serve.codec import _CONTROL_PARAMETERS, DATATYPES, datatype_of
 from shipyard.serve.errors import BadRequest
 from shipyard.serve.grpc import inference_pb2 as pb
+from shipyard.serve.protocol import CONTROL_PARAMETERS, datatype_of, input_dtype, timeout_seconds
 from shipyard.signature import Signature
 
 # The InferTensorContents field of each datatype; FP16 travels raw only.
@@ -59,23 +60,6 @@ def parameter(value: pb.InferParameter) -> Any:
 def elements(request: pb.ModelInferRequest) -> int:
     """How many values the request's inputs declare (their shapes' products)."""
     return sum(math.prod(tensor.shape) for tensor in request.inputs)
-
-
-def _dtype(datatype: str, name: str, signature: Signature | None) -> np.dtype[Any]:
-    if datatype == "BYTES":
-        raise BadRequest(f"input '{name}': BYTES tensors are not supported by this server")
-    dtype = DATATYPES.get(datatype)
-    if dtype is None:
-        raise BadRequest(
-            f"input '{name}': unknown datatype {datatype!r}; use one of {sorted(DATATYPES)}"
-        )
-    spec = next((s for s in signature.inputs if s.name == name), None) if signature else None
-    if spec is not None and np.dtype(spec.dtype) != dtype:
-        raise BadRequest(
-            f"input '{name}' has datatype {datatype}, but the model expects "
-            f"{datatype_of(spec.dtype)} ({spec.describe()})"
-        )
-    return dtype
 
 
 def _refuse_shared_memory(parameters: Mapping[str, pb.InferParameter], what: str) -> None:
@@ -141,7 +125,7 @@ def decode_request(request: pb.ModelInferRequest, signature: Signature | None) -
         shape = tuple(tensor.shape)
         if any(d < 0 for d in shape):
             raise BadRequest(f"input '{name}': shape {list(shape)} has a negative dimension")
-        dtype = _dtype(tensor.datatype, name, signature)
+        dtype = input_dtype(tensor.datatype, name, signature)
         if not raw:
             inputs[name] = _from_contents(tensor, shape, dtype)
         elif tensor.HasField("contents"):
@@ -174,10 +158,7 @@ def _outputs(request: pb.ModelInferRequest, signature: Signature | None) -> list
 
 def _timeout(parameters: Mapping[str, pb.InferParameter]) -> float | None:
     # `in` first: indexing a protobuf map inserts the key.
-    value = parameter(parameters["timeout"]) if "timeout" in parameters else None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value) / 1e6
-    return None
+    return timeout_seconds(parameter(parameters["timeout"]) if "timeout" in parameters else None)
 
 
 def encode_response(
@@ -187,7 +168,7 @@ def encode_response(
     request = decoded.request
     response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request.id)
     for key, value in request.parameters.items():
-        if key not in _CONTROL_PARAMETERS:
+        if key not in CONTROL_PARAMETERS:
             response.parameters[key].CopyFrom(value)
     names = decoded.outputs if decoded.outputs is not None else list(outputs)
     missing = [name for name in names if name not in outputs]

@@ -1,8 +1,10 @@
 """The V2 protocol over gRPC (``inference.GRPCInferenceService``) on the HTTP app's state.
 
 :func:`start_grpc_server` runs a ``grpc.aio`` server in the running event loop (uvicorn's) over
-the same repository, batchers, tokens and metrics as HTTP; the app's lifespan starts and stops
-it. Errors carry a readable message and the status code that matches their HTTP status:
+the same dispatcher (:mod:`shipyard.serve.dispatch`: repository, batchers, tokens, metrics)
+as HTTP; the app's lifespan starts and stops it. This module keeps only gRPC's framing:
+messages, call metadata, deadlines and status codes. Errors carry the message HTTP answers
+with and the status code that matches their HTTP status:
 
 =============================  ======  ===============================================
 gRPC status                    HTTP    when
@@ -25,26 +27,17 @@ they are not counted). Tokens travel as call metadata ``authorization: Bearer <t
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import numpy as np
 from grpc import aio
 
-from shipyard.errors import InputError
-from shipyard.serve.errors import (
-    BadRequest,
-    ModelNotFound,
-    ModelNotReady,
-    ServeError,
-    Unauthorized,
-    VersionRetired,
-)
+from shipyard.serve.dispatch import Dispatcher, Transport, failure
+from shipyard.serve.errors import BadRequest, ModelNotFound, ModelNotReady
 from shipyard.serve.grpc import inference_pb2 as pb
 from shipyard.serve.grpc import inference_pb2_grpc as pb_grpc
 from shipyard.serve.grpc.codec import (
@@ -54,8 +47,8 @@ from shipyard.serve.grpc.codec import (
     encode_response,
     parameter,
 )
-from shipyard.serve.metrics import ServeMetrics
-from shipyard.serve.repository import Repository, check_name
+from shipyard.serve.repository import check_name
+from shipyard.signature import Signature
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +56,6 @@ logger = logging.getLogger(__name__)
 EXTENSIONS = ["model_repository", "parameters"]
 # Seconds in-flight calls get to finish on shutdown before they are cancelled.
 GRACE_SECONDS = 30.0
-# Typed (non-raw) requests and responses with more values than this are converted in a worker
-# thread: building Python lists of millions of numbers would stall every other request.
-_INLINE_VALUES = 65_536
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -74,30 +64,20 @@ _CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-_UNAUTHORIZED = "missing or wrong bearer token (call metadata 'authorization: Bearer <token>')"
 
 
 class ServerState(Protocol):
     """What the gRPC service shares with the HTTP app (``shipyard.serve.app._Server``)."""
 
-    repository: Repository
-    metrics: ServeMetrics
-    auth: bytes | None  # the exact `authorization` value required, b"Bearer <token>"
-    admin: bytes | None
+    dispatcher: Dispatcher
     max_body_bytes: int
 
     def not_ready_reason(self) -> str | None: ...
 
 
-def status_of(error: BaseException) -> tuple[grpc.StatusCode, int]:
-    """(gRPC status code, HTTP status) of an error a call ended in."""
-    if isinstance(error, ServeError):
-        status = error.status
-    elif isinstance(error, InputError):
-        status = 400
-    else:
-        status = 500
-    return _CODES.get(status, grpc.StatusCode.INTERNAL), status
+def code_of(status: int) -> grpc.StatusCode:
+    """The gRPC status code of an HTTP status (INTERNAL for any other)."""
+    return _CODES.get(status, grpc.StatusCode.INTERNAL)
 
 
 Request = TypeVar("Request")
@@ -114,38 +94,62 @@ def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
             return await handler(self, request, context)
         except Exception as caught:  # CancelledError (client gone, deadline) passes
             error = caught
-        code, _ = status_of(error)
-        if code is grpc.StatusCode.INTERNAL:
+        answer = failure(error)
+        if answer.bug:
             logger.error("gRPC %s failed", handler.__name__, exc_info=error)
-            message = f"internal error: {type(error).__name__}: {error}"
-        else:
-            message = str(error)
         trailing: tuple[tuple[str, str], ...] = ()
-        if isinstance(error, ServeError) and error.retry_after:
-            trailing = (("retry-after", str(error.retry_after)),)
-        await context.abort(code, message, trailing)
+        if answer.retry_after:
+            trailing = (("retry-after", str(answer.retry_after)),)
+        await context.abort(code_of(answer.status), answer.message, trailing)
         raise AssertionError("unreachable: abort raises")
 
     return call
 
 
-def _authorize(context: aio.ServicerContext, expected: bytes | None) -> None:
-    if expected is None:
-        return
-    given: str | bytes = ""
+def _credentials(context: aio.ServicerContext) -> str | bytes | None:
+    """The ``authorization`` call metadata value (keys arrive lowercase)."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
-            given = value
-    if not hmac.compare_digest(given.encode() if isinstance(given, str) else given, expected):
-        raise Unauthorized(_UNAUTHORIZED)
+            return value
+    return None
+
+
+Message = pb.ModelInferRequest
+
+
+class GrpcTransport(Transport[Message, Message, DecodedInfer, pb.ModelInferResponse]):
+    """V2 over gRPC: ``ModelInferRequest`` in, ``ModelInferResponse`` out. Raw bytes cost
+    nothing to convert; typed contents are converted value by value."""
+
+    def decode_cost(self, request: pb.ModelInferRequest) -> int:
+        return 0 if request.raw_input_contents else elements(request)
+
+    def decode(self, request: pb.ModelInferRequest, signature: Signature) -> DecodedInfer:
+        return decode_request(request, signature)
+
+    def encode_cost(self, outputs: Mapping[str, np.ndarray], decoded: DecodedInfer) -> int:
+        return 0 if decoded.raw else sum(array.size for array in outputs.values())
+
+    def encode(
+        self,
+        model: str,
+        version: int,
+        outputs: Mapping[str, np.ndarray],
+        decoded: DecodedInfer,
+    ) -> pb.ModelInferResponse:
+        return encode_response(model, version, outputs, decoded)
 
 
 class InferenceService:
     """The RPCs of ``inference.GRPCInferenceService`` over ``state`` (every one of them)."""
 
     def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self.repository, self.metrics = state.repository, state.metrics
+        self.state, self.dispatcher = state, state.dispatcher
+        self.repository = state.dispatcher.repository
+        self.transport = GrpcTransport()
+
+    def _authorize(self, context: aio.ServicerContext, admin: bool = False) -> None:
+        self.dispatcher.authorize(_credentials(context), admin)
 
     # -- health and metadata (health stays open, as over HTTP) --------------------------------
     @_rpc
@@ -164,7 +168,7 @@ class InferenceService:
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        _authorize(context, self.state.auth)
+        self._authorize(context)
         try:
             self.repository.get(request.name, request.version or None)
         except (ModelNotFound, ModelNotReady):
@@ -177,7 +181,7 @@ class InferenceService:
     ) -> pb.ServerMetadataResponse:
         from shipyard import __version__
 
-        _authorize(context, self.state.auth)
+        self._authorize(context)
         return pb.ServerMetadataResponse(
             name="shipyard", version=__version__, extensions=EXTENSIONS
         )
@@ -186,7 +190,7 @@ class InferenceService:
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        _authorize(context, self.state.auth)
+        self._authorize(context)
         served = self.repository.get(request.name, request.version or None)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -202,43 +206,23 @@ class InferenceService:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        started = time.perf_counter()
-        served = None
-        self.metrics.inflight.inc()
-        try:
-            _authorize(context, self.state.auth)
-            name, version = request.model_name, request.model_version or None
-            served = self.repository.get(name, version)
-            if not request.raw_input_contents and elements(request) > _INLINE_VALUES:
-                decoded = await asyncio.to_thread(decode_request, request, served.signature)
-            else:
-                decoded = decode_request(request, served.signature)
-            timeout = _earliest(decoded.timeout, context.time_remaining())
-            try:
-                outputs = await served.batcher.infer(decoded.inputs, timeout)
-            except VersionRetired:
-                if version is not None:
-                    raise
-                # Unloaded or replaced after the lookup: the newest version answers.
-                served = self.repository.get(name, None)
-                outputs = await served.batcher.infer(decoded.inputs, timeout)
-            response = await _encode(served.name, served.version, outputs, decoded)
-        except Exception as error:
-            labels = (served.name, str(served.version)) if served else ("", "")
-            self.metrics.count(*labels, status_of(error)[1])
-            raise
-        finally:
-            self.metrics.inflight.dec()
-        served.metrics.succeeded.inc()
-        served.metrics.latency.observe(time.perf_counter() - started)
-        return response
+        # Metadata is read only when a token is required: most servers run without one.
+        credentials = _credentials(context) if self.dispatcher.auth is not None else None
+        return await self.dispatcher.infer(
+            self.transport,
+            request,
+            request.model_name,
+            request.model_version or None,
+            credentials,
+            context.time_remaining(),
+        )
 
     # -- repository extension (admin token) ---------------------------------------------------
     @_rpc
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        _authorize(context, self.state.admin)
+        self._authorize(context, admin=True)
         entries = await self.repository.index(request.ready)
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(models=[index(**entry) for entry in entries])
@@ -247,7 +231,7 @@ class InferenceService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        _authorize(context, self.state.admin)
+        self._authorize(context, admin=True)
         name = check_name(request.model_name)
         parameters: Mapping[str, pb.ModelRepositoryParameter] = request.parameters
         config = parameter(parameters["config"]) if "config" in parameters else None
@@ -260,23 +244,9 @@ class InferenceService:
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        _authorize(context, self.state.admin)
+        self._authorize(context, admin=True)
         await self.repository.unload(check_name(request.model_name))
         return pb.RepositoryModelUnloadResponse()
-
-
-def _earliest(*seconds: float | None) -> float | None:
-    given = [s for s in seconds if s is not None]
-    return max(min(given), 1e-6) if given else None
-
-
-async def _encode(
-    model: str, version: int, outputs: Mapping[str, Any], decoded: DecodedInfer
-) -> pb.ModelInferResponse:
-    values = sum(array.size for array in outputs.values())
-    if not decoded.raw and values > _INLINE_VALUES:
-        return await asyncio.to_thread(encode_response, model, version, outputs, decoded)
-    return encode_response(model, version, outputs, decoded)
 
 
 class GrpcServer:
@@ -315,4 +285,11 @@ async def start_grpc_server(state: ServerState, host: str, port: int) -> GrpcSer
     return GrpcServer(server, bound)
 
 
-__all__ = ["GrpcServer", "InferenceService", "ServerState", "start_grpc_server", "status_of"]
+__all__ = [
+    "GrpcServer",
+    "GrpcTransport",
+    "InferenceService",
+    "ServerState",
+    "code_of",
+    "start_grpc_server",
+]

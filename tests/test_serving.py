@@ -1,9 +1,15 @@
+"""The manifest's serving settings: defaults, version policies, errors naming the field."""
+
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
-from shipyard.serve.config import AllPolicy, LatestPolicy, ServingConfig, SpecificPolicy
-from shipyard.serve.errors import ServingConfigError
+from shipyard.errors import ServingConfigError
+from shipyard.serving import AllPolicy, LatestPolicy, ServingConfig, SpecificPolicy
+from tests.conftest import REPO
 
 
 def test_defaults_when_the_manifest_has_no_serving_key() -> None:
@@ -36,3 +42,18 @@ def test_version_policies_parse_and_select() -> None:
 def test_invalid_serving_config_names_the_field(serving: dict, message: str) -> None:
     with pytest.raises(ServingConfigError, match=message):
         ServingConfig.from_manifest({"serving": serving})
+
+
+def test_the_recipe_reads_serving_config_without_the_web_stack() -> None:
+    """ServingConfig is package schema: recipes and builds never load the server's stack."""
+    code = (
+        "import sys, shipyard.recipe, shipyard.serving; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'starlette', 'uvicorn', 'prometheus_client', 'grpc', 'orjson', 'simdjson'}), "
+        "sorted(m for m in sys.modules if m.split('.')[:2] == ['shipyard', 'serve']))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["[]", "[]"], run.stdout

@@ -1,6 +1,9 @@
 """The serving settings of one package version: the manifest's optional ``"serving"`` key.
 
-Example (what a recipe's ``serve:`` section writes into ``shipyard.json``)::
+Package schema, like the signature: the recipe's ``serve:`` section validates against it and
+the build writes it into ``shipyard.json``, so it lives outside ``serve/`` and importing it
+never loads the web stack. Example (what a recipe's ``serve:`` section writes into
+``shipyard.json``)::
 
     "serving": {"max_batch_size": 16, "preferred_batch_sizes": [8, 16],
                 "max_queue_delay_ms": 0.0, "instances": 1, "threads": 1,
@@ -16,11 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shipyard.serve.errors import ServingConfigError
-
-# Server-wide default: request bodies above this get 413 (64 MiB: a batch of 80 float32
-# 224x224x3 images in binary form).
-MAX_BODY_BYTES = 64 * 2**20
+from shipyard.errors import ServingConfigError
 
 
 class _Strict(BaseModel):
@@ -113,3 +112,13 @@ class ServingConfig(_Strict):
                 for item in error.errors()
             )
             raise ServingConfigError(f"invalid serving config: {problems}") from error
+
+
+__all__ = [
+    "AllPolicy",
+    "LatestPolicy",
+    "ServingConfig",
+    "ServingConfigError",
+    "SpecificPolicy",
+    "VersionPolicy",
+]
