@@ -115,6 +115,8 @@ def apply_passes(
     unknown = [name for name, _ in steps if name not in PASSES]
     if unknown:
         raise InputError(f"unknown pass(es) {unknown}; known: {list(PASSES)}")
+    for name, _ in steps:
+        PASSES[name].check_extra()
     output = Path(output)
     if output.is_dir():
         raise InputError(f"-o {output} is a folder; give a file name, e.g. {output}/model.onnx")

@@ -89,8 +89,11 @@ def as_recipe(recipe: Recipe | str | Path | None) -> Recipe:
 def prepare(
     recipe: Recipe, output: Path, overwrite: bool, steps: Steps
 ) -> tuple[Artifact, dict[str, Dataset]]:
-    """Check the output first (fast failure), then load the model and the data sets."""
+    """Check the output and the extras first (fast failure), then load the model and the
+    data sets."""
     preflight(output, recipe.name, recipe.version, overwrite)
+    for step in recipe.passes:
+        PASSES[step.name].check_extra()
     weights = recipe.resolve(recipe.model.weights) if recipe.model.weights else None
     reference = load_model(
         recipe.resolve(recipe.model.source),

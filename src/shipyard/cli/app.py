@@ -13,10 +13,12 @@ import traceback
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from shipyard.errors import GateError, ShipyardError
+from shipyard.problems import describe
 
 app = typer.Typer(
     name="shipyard",
@@ -64,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 1 if isinstance(error, GateError) else 2
+    except ValidationError as error:  # an option value a config refused: the user's to fix
+        if debug:
+            traceback.print_exc()
+        line = f"invalid value: {describe(error)}"
+        errors.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        return 2
     except Exception as error:  # a bug of ours: still one line, the trace on request
         if debug:
             traceback.print_exc()

@@ -7,12 +7,14 @@ What a pass makes (a torch module or a file) is declared here too, and nowhere e
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from shipyard.errors import MissingExtraError
 from shipyard.passes.convert_openvino import OpenVinoConfig, run_convert_openvino
 from shipyard.passes.convert_tensorrt import TensorRtConfig, run_convert_tensorrt
 from shipyard.passes.convert_tflite import TfliteConfig, run_convert_tflite
@@ -41,6 +43,16 @@ class PassSpec:
     run: Callable[[Artifact, Any, PassContext], Artifact]
     makes: Literal["module", "file"]
     summary: str
+    # The optional extra the pass needs and the modules it provides (the pass and the
+    # runtime that validates its result), checked before a build does any work.
+    extra: str | None = None
+    modules: tuple[str, ...] = ()
+
+    def check_extra(self) -> None:
+        """Raise MissingExtraError (naming the extra) when a module the pass needs is absent."""
+        for module in self.modules:
+            if importlib.util.find_spec(module) is None:
+                raise MissingExtraError(f"the {self.name} pass", self.extra or "", module)
 
 
 PASSES: dict[str, PassSpec] = {
@@ -67,6 +79,8 @@ PASSES: dict[str, PassSpec] = {
             run_convert_openvino,
             "file",
             "ONNX file or torch module -> OpenVINO IR (.xml + .bin): fp32, fp16 or int8 (NNCF)",
+            extra="openvino",
+            modules=("openvino", "nncf"),
         ),
         PassSpec(
             "convert_tflite",
@@ -75,6 +89,8 @@ PASSES: dict[str, PassSpec] = {
             "file",
             "torch module -> TFLite (LiteRT) file: fp32, dynamic_int8, weight_only_int8 or "
             "int8 (PT2E, calibrated); optional NHWC I/O",
+            extra="tflite",
+            modules=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
         ),
         PassSpec(
             "convert_tensorrt",
@@ -83,6 +99,8 @@ PASSES: dict[str, PassSpec] = {
             "file",
             "ONNX file -> TensorRT engine (.plan + .plan.json build record): fp32, fp16, "
             "int8 from symmetric QDQ; built on and for this machine's NVIDIA GPU",
+            extra="tensorrt",
+            modules=("tensorrt",),
         ),
         PassSpec(
             "quantize",
