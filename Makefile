@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 PORT   ?= 8000
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench readme clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,8 @@ demo: $(STAMP)
 	$(BIN)/shipyard serve demo-out --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 
 test: $(STAMP)
@@ -41,6 +41,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/runtime_vs_torch.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/optimize.py
+
+# The README's example outputs come from the code; `make test` fails when they drift.
+readme: $(STAMP)
+	$(BIN)/python scripts/readme_examples.py --write
 
 clean:
 	rm -rf demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -91,13 +91,14 @@ def test_report_serializes_and_ratios_are_relative_to_the_baseline(report: Bench
 
 
 def test_render_shows_one_row_per_artifact_and_batch(report: BenchReport) -> None:
-    latency, setup = render(report, baseline="onnx").renderables
+    latency, setup, conditions = render(report, baseline="onnx").renderables
     assert latency.row_count == len(report.results) * len(BATCHES)  # type: ignore[union-attr]
     assert setup.row_count == len(report.results)  # type: ignore[union-attr]
     console = Console(width=80, record=True)
     console.print(render(report, baseline="onnx"))
     text = console.export_text()
     assert "onnxruntime" in text and "× onnx" in text
+    assert str(report.fingerprint["cpu"]) in str(conditions)  # the conditions, under the tables
     assert "…" not in text  # nothing truncated on an 80-column terminal
 
 

@@ -6,6 +6,7 @@ The Python API mirrors the CLI and returns objects instead of printing::
     result = shipyard.build("examples/digits/recipe.yaml", output="out")
     best = shipyard.optimize("examples/digits/recipe.yaml", output="opt")
     onnx = shipyard.export("my.models:build", "model.onnx", signature=sig)
+    int8 = shipyard.quantize(onnx, "model.int8.onnx", preset="static_qdq_u8s8", data=data)
     report = shipyard.validate(reference, onnx, data)
     timings = shipyard.bench([reference, onnx])
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from shipyard.apply import Applied
 from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport, bench
 from shipyard.build import BuildResult, build
@@ -48,7 +50,45 @@ def export(
     return export_onnx(artifact, output, ExportConfig(**config))
 
 
+def quantize(
+    model: str | Artifact,
+    output: str | Path,
+    *,
+    preset: str | None = None,
+    data: Dataset | None = None,
+    validation: Dataset | None = None,
+    gates: Gates | None = None,
+    overwrite: bool = False,
+    **fields: Any,
+) -> Applied:
+    """Quantize an ONNX model (a path or an Artifact) into ``output``, as ``shipyard quantize``.
+
+    ``preset`` names one of ``QuantizeConfig``'s presets (``static_qdq_u8s8``...); ``fields``
+    override its settings (``per_channel=True``). ``data`` calibrates; the result is
+    validated on ``validation`` (else ``data``) and written only when ``gates`` pass. Returns
+    the result's Artifact and its ValidationReport.
+    """
+    from shipyard.apply import apply_passes
+    from shipyard.passes.quantize_config import PRESETS, QuantizeConfig
+
+    if preset is not None and preset not in PRESETS:
+        raise ShipyardError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
+    base = PRESETS[preset]().model_dump(exclude_defaults=True) if preset else {}
+    config = QuantizeConfig.model_validate({**base, **fields})
+    source = model if isinstance(model, Artifact) else load(str(model))
+    return apply_passes(
+        [("quantize", config)],
+        source,
+        output,
+        data=data,
+        validation=validation,
+        gates=gates,
+        overwrite=overwrite,
+    )
+
+
 __all__ = [
+    "Applied",
     "Artifact",
     "BenchReport",
     "BuildResult",
@@ -74,5 +114,6 @@ __all__ = [
     "load_recipe",
     "open_session",
     "optimize",
+    "quantize",
     "validate",
 ]

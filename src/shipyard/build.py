@@ -231,14 +231,15 @@ def choose_default(
     passed = [a for a, r in zip(packaged, reports, strict=True) if r.passed] or list(packaged)
     measured = {r.name for r in bench_report.results} if bench_report else set()
     timed = [a for a in passed if a.name in measured]
+    if len(packaged) == 1:
+        return packaged[0].name, "the only artifact"
     if bench_report is None or not timed:
         return packaged[-1].name, "the last artifact made (no benchmark to choose by)"
     batch = min(bench_report.batch_sizes)
     fastest = min(timed, key=lambda a: bench_report.get(a.name).at(batch).p50_ms)
     p50 = bench_report.get(fastest.name).at(batch).p50_ms
     return fastest.name, (
-        f"fastest at batch {batch} on this machine ({p50:.3f} ms p50) of the "
-        f"{len(timed)} artifact(s) that passed their gates"
+        f"fastest at batch {batch} here ({p50:.3f} ms p50) of the {len(timed)} that passed"
     )
 
 

@@ -87,7 +87,7 @@ def test_serve_command_serves_and_drains_on_sigint(packages: Path) -> None:
     ready = {(row[0], row[1]): row for row in rows if row and row[-1] == "READY"}
     assert set(ready) == {("tiny", "2"), ("slow", "1"), ("rows", "1")}, stdout
     artifact, why, backend, batching = ready[("tiny", "2")][2:6]
-    assert (artifact, why) == ("onnx (model.onnx)", "the package's default artifact")
+    assert (artifact, why) == ("onnx (model.onnx)", "the only artifact")
     assert (backend, batching) == ("onnxruntime", "up to 16 rows, 0 ms delay")
     assert ready[("slow", "1")][5] == "up to 16 rows, 0 ms delay"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shipyard.package import seal
 from shipyard.serve import run_server
 from shipyard.serve.app import Startup
 from shipyard.serve.errors import RepositoryError
@@ -144,20 +145,21 @@ def test_on_loaded_reports_every_version_and_the_served_artifact(packages: Path,
         assert rows[("broken", 1)].served is None and "cannot read" in rows[("broken", 1)].reason
         tiny = rows[("tiny", 2)].served
         assert tiny is not None and tiny.artifact_file == "model.onnx"
-        assert tiny.artifact_reason == "the package's default artifact"
+        assert tiny.artifact_reason == "the only artifact"  # the build's reason
 
 
 def _set_manifest(folder: Path, **values: object) -> None:
-    path = folder / "shipyard.json"
-    manifest = json.loads(path.read_text())
+    """Change manifest fields (None removes one) and seal it again, as a build would."""
+    manifest = json.loads((folder / "shipyard.json").read_text())
     manifest.update(values)
-    path.write_text(json.dumps(manifest))
+    seal(folder, {k: v for k, v in manifest.items() if v is not None})
 
 
 def test_the_config_endpoint_says_which_artifact_is_served_and_why(
     packages: Path, tmp_path: Path
 ) -> None:
-    add_version(packages, tmp_path, "old", 1, source=("tiny", 1))  # no reason: an older one
+    old = add_version(packages, tmp_path, "old", 1, source=("tiny", 1))
+    _set_manifest(old, default_artifact_reason=None)  # no reason: an older package
     reasoned = add_version(packages, tmp_path, "reasoned", 1, source=("tiny", 1))
     _set_manifest(reasoned, default_artifact_reason="fastest at batch 1 among those that passed")
     add_version(packages, tmp_path, "named", 1, source=("tiny", 1), serving={"artifact": "onnx"})

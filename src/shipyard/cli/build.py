@@ -115,7 +115,8 @@ def optimize(
         TimeElapsedColumn(),
         TextColumn(f"budget {settings.budget:.0f} s"),
     )
-    with Progress(*columns, console=console, transient=True, disable=as_json) as progress:
+    quiet = as_json or not console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
         total = plan_size(settings, loaded.data.train is not None)
         task = progress.add_task("candidates", total=total)
 

@@ -141,8 +141,8 @@ def compare(
     if as_json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
-        where = f"on {data}" if data else "no --data"
-        title = f"against {loaded[0].name} ({render.samples(reports[0])}; {where})"
+        where = f"; on {data}" if data else ""
+        title = f"against {loaded[0].name} ({render.samples(reports[0])}{where})"
         console.print(render.comparison(reports, title))
         if gates == Gates():
             console.print(
@@ -178,7 +178,8 @@ def bench(
     except ValueError as error:
         raise InputError(f"--batch-sizes {batch_sizes!r}: expected integers like 1,8") from error
     loaded = load_artifacts(artifacts, signature_from(input, recipe))
-    with Progress(console=console, transient=True, disable=as_json) as bar:
+    quiet = as_json or not console.is_terminal
+    with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("benchmarking", total=None)
 
         def on_progress(event: BenchProgress) -> None:

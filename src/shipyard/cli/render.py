@@ -106,7 +106,7 @@ def comparison(reports: Sequence[ValidationReport], title: str) -> Group:
             )
             verdict = "ok" if report.passed else "[bold red]FAILED[/]"
             if report.passed and all(g.gate == "nonfinite" for g in report.gates):
-                verdict = "NaN/Inf ok; no gates"
+                verdict = "no gates"  # only NaN/Inf was judged; the line below says so
             table.add_row(
                 escape(report.candidate),
                 escape(out.name),
@@ -265,13 +265,14 @@ def bench(report: BenchReport, baseline: str | None = None) -> Group:
     fp = report.fingerprint
     la0 = " ".join(f"{v:.2f}" for v in report.loadavg_start)
     la1 = " ".join(f"{v:.2f}" for v in report.loadavg_end)
-    setup.caption = (
+    conditions = Text(
         f"{fp.get('cpu')} · {fp.get('usable_cores')}/{fp.get('logical_cores')} cores · "
         f"isa {','.join(fp.get('isa') or []) or '?'} · gpu {fp.get('gpu') or 'none'} · "
         f"threads {report.threads} · runs ≤{report.runs}, warm-up {report.warmup} · "
-        f"loadavg {la0} → {la1} · peak RSS {report.peak_rss_mb:.0f} MB · {report.seconds:.1f} s"
+        f"loadavg {la0} → {la1} · peak RSS {report.peak_rss_mb:.0f} MB · {report.seconds:.1f} s",
+        style="dim",
     )
-    return Group(latency, setup)
+    return Group(latency, setup, conditions)
 
 
 def search_outcome(search: dict[str, Any]) -> str:

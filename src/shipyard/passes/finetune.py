@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.nn import functional as F
 
 from shipyard.artifact import Artifact, PassRecord
 from shipyard.data import Dataset
 from shipyard.errors import FinetuneError
+from shipyard.progress import progress_bar
 from shipyard.torch_modules import eval_mode, flatten_outputs
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def finetune_module(
     # fork_rng: seeding dropout here must not reset the caller's random stream.
     with (
         torch.random.fork_rng(devices=[]),
-        Progress(*columns, TimeElapsedColumn(), transient=True) as progress,
+        progress_bar(*columns, TimeElapsedColumn()) as progress,
     ):
         torch.manual_seed(config.seed)
         task = progress.add_task("finetune", total=config.epochs)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shipyard.examples.digits import data
+from shipyard.progress import progress_bar
 
 logger = logging.getLogger("shipyard.examples.digits")
 
@@ -140,7 +140,7 @@ def _fit(model: DigitsCNN, epochs: int, seed: int, lr: float, batch_size: int) -
     )
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    with Progress(transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("digits: training", total=epochs)
         for epoch in range(epochs):
             order = torch.randperm(len(x), generator=generator)
