@@ -144,3 +144,29 @@ def test_gates_on_a_torch_step_are_refused(tmp_path: Path) -> None:
         shipyard.build(parse_recipe(text), tmp_path, run_bench=False, on_step=events.append)
     # Refused from the registry's word, before the pass spends any time.
     assert events and not [e for e in events if e.stage is Stage.PASS]
+
+
+def test_the_served_artifact_is_the_fastest_that_passed(tmp_path: Path) -> None:
+    recipe = parse_recipe(BRANCHED + "bench: {batch_sizes: [2, 4], runs: 5, warmup: 1}\n")
+    manifest = shipyard.build(recipe, tmp_path).manifest
+    p50 = {r["name"]: r["latency"][0]["p50_ms"] for r in manifest["benchmark"]["results"]}
+    made = ["onnx", "onnx-int8-static-qdq-u8s8", "onnx-again"]
+    fastest = min(made, key=p50.__getitem__)  # at batch 2, the smallest benchmarked
+    assert manifest["default_artifact"] == fastest
+    assert manifest["default_artifact_reason"].startswith("fastest at batch 2 here")
+    assert manifest["default_artifact_reason"].endswith("of the 3 that passed")
+
+
+def test_serve_artifact_names_the_served_one_and_must_exist(tmp_path: Path) -> None:
+    named = parse_recipe(BRANCHED + "serve: {artifact: onnx-again}\n")
+    manifest = shipyard.build(named, tmp_path, run_bench=False).manifest
+    assert manifest["default_artifact"] == "onnx-again"
+    assert manifest["default_artifact_reason"] == "named by the recipe's serve: artifact:"
+    unknown = parse_recipe(
+        BRANCHED.replace("name: branched", "name: other") + "serve: {artifact: nope}\n"
+    )
+    with pytest.raises(
+        RecipeError, match=r"serve: artifact: 'nope' is not an artifact of this build"
+    ):
+        shipyard.build(unknown, tmp_path, run_bench=False)
+    assert not (tmp_path / "other").exists()

@@ -173,3 +173,10 @@ def test_help_shows_no_type_tags_on_plain_flags() -> None:
     for args in (["--help"], ["build", "--help"], ["serve", "--help"]):
         result = run(*args)
         assert result.returncode == 0 and "<bool>" not in result.stdout, result.stdout
+
+
+def test_the_same_file_twice_is_benchmarked_not_refused(small_onnx: Artifact) -> None:
+    path = small_onnx.path
+    result = run("bench", path, path, "--runs", "3", "--batch-sizes", "1")  # type: ignore[arg-type]
+    assert result.returncode == 0, result.stderr
+    assert f"{path.name}#1" in result.stdout and f"{path.name}#2" in result.stdout  # type: ignore[union-attr]

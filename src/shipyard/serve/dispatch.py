@@ -87,8 +87,9 @@ class Transport(ABC, Generic[Request, Payload, Decoded, Encoded]):
     receives: ClassVar[bool] = False
 
     async def receive(self, request: Request) -> Payload:
-        """The complete request (HTTP: its body). Raise a ServeError to refuse it."""
-        raise NotImplementedError(f"{type(self).__name__} receives nothing more")
+        """The complete request (HTTP: its body); by default the request itself, for a
+        transport whose requests arrive whole. Raise a ServeError to refuse it."""
+        return cast(Payload, request)
 
     @abstractmethod
     def decode_cost(self, payload: Payload) -> int:
