@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/shipyard build --output demo-out --overwrite
 	$(BIN)/python -m shipyard.examples.digits.request demo-out/request.json
 	@echo
+	@echo "The shipyard command is in the environment: source $(VENV)/bin/activate (or run $(BIN)/shipyard)."
 	@echo "Serving demo-out on http://127.0.0.1:$(PORT) (Ctrl-C stops). In another terminal:"
 	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/v2/models/digits/infer -H 'Content-Type: application/json' -d @demo-out/request.json"
 	@echo
