@@ -48,7 +48,13 @@ from shipyard.serve.repository import Repository, VersionRow, check_name
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "parameters"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "parameters",
+]
 Handler = Callable[[Request], Awaitable[Response]]
 
 

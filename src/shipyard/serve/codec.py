@@ -4,9 +4,10 @@ A request body is JSON, or (binary extension) JSON of ``Inference-Header-Content
 bytes followed by the raw tensors of every input that declares
 ``parameters.binary_data_size``, in input order. Outputs are returned as JSON ``data`` or, when
 asked (``parameters.binary_data_output`` on the request or ``parameters.binary_data`` on an
-output), as raw bytes after the JSON header. BYTES tensors are refused with 400. The request
-``id`` and ``parameters`` (all but the protocol's own, such as ``timeout``) are echoed in the
-response.
+output), as raw bytes after the JSON header. BYTES inputs are refused with 400; BYTES
+outputs (the classification extension's) are strings in JSON, length-prefixed when binary.
+The request ``id`` and ``parameters`` (all but the protocol's own, such as ``timeout``) are
+echoed in the response.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from shipyard.serve.errors import BadRequest
 from shipyard.serve.protocol import (
     CONTROL_PARAMETERS,
     DATATYPES,
+    as_bytes,
+    classification_count,
     datatype_of,
     input_dtype,
+    serialize_bytes,
     timeout_seconds,
 )
 from shipyard.signature import Signature
@@ -45,6 +49,7 @@ class InferRequest:
     outputs: list[str] | None = None  # None: every output
     binary: dict[str, bool] = field(default_factory=dict)  # output name -> send as bytes
     binary_default: bool = False
+    classification: dict[str, int] = field(default_factory=dict)  # output name -> top k
 
     @property
     def timeout(self) -> float | None:
@@ -275,8 +280,9 @@ def _options(
         if known is not None and name not in known:
             raise BadRequest(f"unknown output '{name}'; the model has {known}")
         params = _object(output.get("parameters") or {}, f"output '{name}': 'parameters'")
-        if params.get("classification"):
-            raise BadRequest(f"output '{name}': the classification extension is not supported")
+        count = classification_count(params.get("classification"), name)
+        if count is not None:
+            decoded.classification[name] = count
         if "binary_data" in params:
             decoded.binary[name] = bool(params["binary_data"])
         decoded.outputs.append(name)
@@ -292,7 +298,7 @@ def encode_response(
     """The response body and, when it carries binary tensors, the JSON header's length."""
     names: Sequence[str] = request.outputs if request.outputs is not None else list(outputs)
     described: list[dict[str, Any]] = []
-    blobs: list[np.ndarray] = []
+    blobs: list[Any] = []  # bytes, or an array's buffer
     for name in names:
         array = outputs[name]
         entry: dict[str, Any] = {
@@ -300,10 +306,13 @@ def encode_response(
             "datatype": datatype_of(array.dtype),
             "shape": list(array.shape),
         }
+        strings = array.dtype.kind in "OSU"
         if request.binary.get(name, request.binary_default):
-            array = np.ascontiguousarray(array)
-            entry["parameters"] = {"binary_data_size": array.nbytes}
-            blobs.append(array)
+            blob = serialize_bytes(array) if strings else np.ascontiguousarray(array).data
+            entry["parameters"] = {"binary_data_size": len(blob) if strings else array.nbytes}
+            blobs.append(blob)
+        elif strings:  # JSON carries BYTES elements as strings
+            entry["data"] = [as_bytes(v).decode("utf-8", "replace") for v in array.ravel()]
         else:
             entry["data"] = array.ravel().tolist()
         described.append(entry)
@@ -317,4 +326,5 @@ def encode_response(
     header = json.dumps(response, separators=(",", ":")).encode()
     if not blobs:
         return header, None
-    return b"".join([header, *(blob.data.cast("B") for blob in blobs)]), len(header)
+    parts = [blob if isinstance(blob, bytes) else blob.cast("B") for blob in blobs]
+    return b"".join([header, *parts]), len(header)

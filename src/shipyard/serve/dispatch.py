@@ -15,7 +15,8 @@ between happens here, once, in this order:
    request on the event loop; raw bytes are never counted (``np.frombuffer`` is free),
 5. batching; when the version was unloaded or replaced after the lookup and the request named
    no version, once more on the newest one,
-6. encoding, under the same rule as decoding,
+6. Triton's classification extension on the outputs that ask for it (the package's labels),
+   then encoding, under the same rule as decoding,
 7. metrics: the in-flight gauge, latency, and requests by model, version and status.
 
 Per request this adds no thread hop and allocates nothing beyond what the steps themselves
@@ -36,6 +37,7 @@ import numpy as np
 
 from shipyard.errors import InputError
 from shipyard.serve.errors import InternalError, ServeError, Unauthorized, VersionRetired
+from shipyard.serve.protocol import apply_classification
 from shipyard.serve.repository import Repository
 from shipyard.signature import Signature
 
@@ -63,6 +65,11 @@ class DecodedRequest(Protocol):
     @property
     def timeout(self) -> float | None:
         """Seconds the request may wait for its result (None: the version's timeout_ms)."""
+        ...
+
+    @property
+    def classification(self) -> Mapping[str, int]:
+        """Outputs to return as their top classes (Triton's classification extension)."""
         ...
 
 
@@ -207,6 +214,8 @@ class Dispatcher:
                 # Unloaded or replaced since the lookup: the newest version answers.
                 served = self.repository.get(model, None)
                 outputs = await served.batcher.infer(decoded.inputs, timeout)
+            if decoded.classification:
+                outputs = apply_classification(outputs, decoded.classification, served.labels)
             encode = (served.name, served.version, outputs, decoded)
             if transport.encode_cost(outputs, decoded) > INLINE_VALUES:
                 encoded = await asyncio.to_thread(transport.encode, *encode)

@@ -1,12 +1,16 @@
-"""What the HTTP and gRPC codecs share of the V2 protocol: datatypes and request parameters.
+"""What the HTTP and gRPC codecs share of the V2 protocol: datatypes, request parameters,
+BYTES tensors and the classification extension.
 
-Both codecs check an input's datatype against the model with :func:`input_dtype` and read
-the protocol's own request parameters with :data:`CONTROL_PARAMETERS` and
-:func:`timeout_seconds`, so a request gets the same answer over either transport.
+Both codecs check an input's datatype against the model with :func:`input_dtype`, read the
+protocol's own request parameters with :data:`CONTROL_PARAMETERS`, :func:`timeout_seconds`
+and :func:`classification_count`, and serialize BYTES with :func:`serialize_bytes`, so a
+request gets the same answer over either transport. Dispatch applies
+:func:`apply_classification` between the model and the encoder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,8 +42,94 @@ CONTROL_PARAMETERS = frozenset(
 
 
 def datatype_of(dtype: str | np.dtype[Any]) -> str:
-    """The V2 datatype name of a numpy dtype (``float32`` -> ``FP32``)."""
-    return _BY_NUMPY[np.dtype(dtype).name]
+    """The V2 datatype name of a numpy dtype (``float32`` -> ``FP32``; an object array of
+    strings or bytes -> ``BYTES``)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    return _BY_NUMPY[dtype.name]
+
+
+def as_bytes(value: Any) -> bytes:
+    """One element of a BYTES tensor as bytes (str as UTF-8)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    return str(value).encode()
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor as the protocol's raw form: each element, in row-major order, as a
+    4-byte little-endian length and its bytes (the binary extension's and gRPC raw contents'
+    layout; tritonclient's ``serialize_byte_tensor``)."""
+    parts = []
+    for value in array.ravel():
+        item = as_bytes(value)
+        parts += [len(item).to_bytes(4, "little"), item]
+    return b"".join(parts)
+
+
+def classification_count(value: Any, name: str) -> int | None:
+    """The ``classification`` parameter of output ``name``: how many top classes to return
+    (None when absent or 0). BadRequest unless it is a positive integer."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(
+            f"output '{name}': 'classification' must be a positive integer (how many top "
+            f"classes to return), got {value!r}"
+        )
+    return value
+
+
+def classify(array: np.ndarray, count: int, labels: Sequence[str] | None, name: str) -> np.ndarray:
+    """Triton's classification extension: the ``count`` highest values along the last axis
+    of ``array`` as BYTES strings ``"<value>:<index>:<label>"``, shape ``[..., count]``.
+
+    BadRequest when the model has no class labels (the package names none) or the output
+    is not a [batch, classes] vector of numbers.
+    """
+    if labels is None:
+        raise BadRequest(
+            f"output '{name}': classification needs the model's class labels, and this "
+            f"package has none (the recipe's postprocess: labels: adds them)"
+        )
+    if array.ndim < 1 or array.dtype.kind not in "fiu":
+        raise BadRequest(
+            f"output '{name}': classification needs numbers with the classes on the last "
+            f"axis, but the output is {datatype_of(array.dtype)} of shape {list(array.shape)}"
+        )
+    classes = array.shape[-1]
+    if classes != len(labels):
+        raise BadRequest(
+            f"output '{name}' has {classes} classes but the package's labels file has "
+            f"{len(labels)} lines"
+        )
+    count = min(count, classes)
+    # highest first; a stable sort keeps the lower index first among equal values
+    top = np.argsort(-array, axis=-1, kind="stable")[..., :count]
+    values = np.take_along_axis(array, top, axis=-1)
+    number = "{:f}" if array.dtype.kind == "f" else "{:d}"
+    out = np.empty(top.shape, dtype=object)
+    for position in np.ndindex(top.shape):
+        index = int(top[position])
+        value = number.format(values[position].item())
+        out[position] = f"{value}:{index}:{labels[index]}".encode()
+    return out
+
+
+def apply_classification(
+    outputs: dict[str, np.ndarray], wanted: Mapping[str, int], labels: Sequence[str] | None
+) -> dict[str, np.ndarray]:
+    """``outputs`` with each output named in ``wanted`` replaced by its top classes."""
+    if not wanted:
+        return outputs
+    result = dict(outputs)
+    for name, count in wanted.items():
+        if name in result:
+            result[name] = classify(result[name], count, labels, name)
+    return result
 
 
 def input_dtype(datatype: Any, name: str, signature: Signature | None) -> np.dtype[Any]:

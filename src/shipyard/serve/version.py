@@ -44,6 +44,25 @@ class OpenedVersion:
     backend: str
     digest: str
     seconds: float
+    labels: list[str] | None = None  # class names, one per output index (postprocess: labels)
+
+
+def read_labels(package: Package) -> list[str] | None:
+    """The class names the package names in ``manifest["postprocess"]["labels"]`` (a text
+    file in the package, one name per line), or None. The file is covered by the package's
+    hashes like every served file; ServingConfigError when it is named but unreadable."""
+    postprocess = package.manifest.get("postprocess") or {}
+    name = postprocess.get("labels") if isinstance(postprocess, dict) else None
+    if not name:
+        return None
+    path = (package.path / str(name)).resolve()
+    if package.path.resolve() not in path.parents:
+        raise ServingConfigError(f"labels file {name!r} escapes the package folder")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ServingConfigError(f"cannot read the labels file {name!r}: {error}") from error
+    return [line.strip() for line in lines if line.strip()]
 
 
 class ModelVersion:
@@ -64,6 +83,7 @@ class ModelVersion:
         self.signature = batcher.signature
         self.artifact, self.artifact_reason = opened.artifact, opened.artifact_reason
         self.backend = opened.backend
+        self.labels = opened.labels
         self.platform = _PLATFORMS.get(opened.backend, opened.backend)
         self.inputs = [_tensor_metadata(s) for s in self.signature.inputs]
         self.outputs = [_tensor_metadata(s) for s in self.signature.outputs]
@@ -187,5 +207,6 @@ def open_version(folder: Path) -> OpenedVersion:
         for session in sessions:
             session.close()
         raise
+    labels = read_labels(package)
     seconds = time.perf_counter() - started
-    return OpenedVersion(package, config, sessions, artifact, why, backend, digest, seconds)
+    return OpenedVersion(package, config, sessions, artifact, why, backend, digest, seconds, labels)

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from shipyard.serve.errors import BadRequest
 from shipyard.serve.grpc import inference_pb2 as pb
-from shipyard.serve.protocol import CONTROL_PARAMETERS, datatype_of, input_dtype, timeout_seconds
+from shipyard.serve.protocol import (
+    CONTROL_PARAMETERS,
+    as_bytes,
+    classification_count,
+    datatype_of,
+    input_dtype,
+    serialize_bytes,
+    timeout_seconds,
+)
 from shipyard.signature import Signature
 
 # The InferTensorContents field of each datatype; FP16 travels raw only.
@@ -49,6 +57,7 @@ class DecodedInfer:
     outputs: list[str] | None  # None: every output
     raw: bool  # answer in raw_output_contents
     timeout: float | None  # seconds, from parameters["timeout"] (microseconds)
+    classification: dict[str, int] = field(default_factory=dict)  # output name -> top k
 
 
 def parameter(value: pb.InferParameter) -> Any:
@@ -135,12 +144,16 @@ def decode_request(request: pb.ModelInferRequest, signature: Signature | None) -
             )
         else:
             inputs[name] = _from_raw(raw[index], shape, dtype, name)
+    classification: dict[str, int] = {}
+    outputs = _outputs(request, signature, classification)
     return DecodedInfer(
-        inputs, request, _outputs(request, signature), bool(raw), _timeout(request.parameters)
+        inputs, request, outputs, bool(raw), _timeout(request.parameters), classification
     )
 
 
-def _outputs(request: pb.ModelInferRequest, signature: Signature | None) -> list[str] | None:
+def _outputs(
+    request: pb.ModelInferRequest, signature: Signature | None, classification: dict[str, int]
+) -> list[str] | None:
     if not request.outputs:
         return None
     known = signature.output_names if signature is not None and signature.outputs else None
@@ -149,8 +162,11 @@ def _outputs(request: pb.ModelInferRequest, signature: Signature | None) -> list
         name = output.name
         if known is not None and name not in known:
             raise BadRequest(f"unknown output '{name}'; the model has {known}")
-        if "classification" in output.parameters:
-            raise BadRequest(f"output '{name}': the classification extension is not supported")
+        if "classification" in output.parameters:  # `in` first: indexing inserts the key
+            value = parameter(output.parameters["classification"])
+            count = classification_count(value, name)
+            if count is not None:
+                classification[name] = count
         _refuse_shared_memory(output.parameters, f"output '{name}'")
         names.append(name)
     return names
@@ -179,7 +195,12 @@ def encode_response(
         array = outputs[name]
         datatype = datatype_of(array.dtype)
         tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if raw:
+        if datatype == "BYTES":
+            if raw:
+                response.raw_output_contents.append(serialize_bytes(array))
+            else:
+                tensor.contents.bytes_contents.extend(as_bytes(v) for v in array.ravel())
+        elif raw:
             response.raw_output_contents.append(array.tobytes())
         else:
             getattr(tensor.contents, CONTENTS[datatype]).extend(array.ravel().tolist())

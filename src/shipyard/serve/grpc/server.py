@@ -53,7 +53,7 @@ from shipyard.signature import Signature
 logger = logging.getLogger(__name__)
 
 # gRPC answers the V2 extensions it implements (binary tensors and model configuration are HTTP's).
-EXTENSIONS = ["model_repository", "parameters"]
+EXTENSIONS = ["classification", "model_repository", "parameters"]
 # Seconds in-flight calls get to finish on shutdown before they are cancelled.
 GRACE_SECONDS = 30.0
 _CODES = {
