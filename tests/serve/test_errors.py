@@ -14,6 +14,7 @@ from tests.serve.conftest import Server, serving
 
 X = np.zeros((1, 1, 8, 8), dtype=np.float32)
 GOOD = {"name": "x", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": X.ravel().tolist()}
+ROWS = {"name": "x", "datatype": "FP32"}  # the "rows" model: [batch, seq] of any length
 
 
 def _binary(size: int, payload: bytes, header_length: int | None = None, name: str = "x") -> dict:
@@ -165,6 +166,24 @@ CASES = {
         404,
         "Not Found: POST /v2/repository/models/../slow/load",
     ),
+    "deeply nested JSON": (
+        "/v2/models/tiny/infer",
+        {"content": b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"},
+        400,
+        "deeper than 1024 levels",
+    ),
+    "ragged data, small body": (
+        "/v2/models/rows/infer",
+        {"json": {"inputs": [{**ROWS, "shape": [2, 3], "data": [[1, 2], [3, 4, 5, 6]]}]}},
+        400,
+        "'data' is a ragged nested list",
+    ),
+    "ragged data, large body (simdjson)": (
+        "/v2/models/rows/infer",
+        {"json": {"inputs": [{**ROWS, "shape": [2, 900], "data": [[1.5] * 899, [2.5] * 901]}]}},
+        400,
+        "'data' is a ragged nested list",
+    ),
     "dot name on load": ("/v2/repository/models/.hidden/load", {}, 400, "invalid model name"),
     "unknown model on load": ("/v2/repository/models/nothing/load", {}, 404, "nothing"),
 }
@@ -181,6 +200,14 @@ def test_bad_request_is_answered_and_the_server_keeps_serving(
     error = response.json()["error"]
     assert isinstance(error, str) and message in error, error
     assert client.post("/v2/models/tiny/infer", json={"inputs": [GOOD]}).status_code == 200
+
+
+def test_nested_data_with_the_shapes_lengths_is_served(client: httpx.Client) -> None:
+    for seq in (3, 900):  # orjson below 4 kB, simdjson above
+        data = [[float(i)] * seq for i in range(2)]
+        body = {"inputs": [{**ROWS, "shape": [2, seq], "data": data}]}
+        response = client.post("/v2/models/rows/infer", json=body)
+        assert response.status_code == 200, response.text
 
 
 def test_nan_is_served_where_the_model_allows_it(client: httpx.Client) -> None:
