@@ -63,17 +63,42 @@ def serve(
             "fails to load or there is none.",
         ),
     ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SHIPYARD_TLS_CERT", help="PEM certificate: serve HTTPS and gRPC over TLS."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="SHIPYARD_TLS_KEY", help="PEM private key of --tls-cert."),
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SHIPYARD_TLS_CLIENT_CA",
+            help="PEM CA: require client certificates it signed (mutual TLS).",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC)."""
     from shipyard.serve import run_server
+    from shipyard.serve.tls import Tls
 
+    if (tls_cert is None) != (tls_key is None):
+        raise InputError("--tls-cert and --tls-key go together: give both, or neither")
+    if tls_client_ca is not None and tls_cert is None:
+        raise InputError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS)")
+    tls = Tls(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
     bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
-    address = f"http://{bracketed}:{port}"
+    address = f"{'https' if tls else 'http'}://{bracketed}:{port}"
 
     def show(startup: Startup) -> None:
         from shipyard.cli import render
 
-        grpc = f", gRPC {bracketed}:{startup.grpc_port}" if startup.grpc_port is not None else ""
+        grpc = ""
+        if startup.grpc_port is not None:
+            grpc = f", gRPC{' (TLS)' if tls else ''} {bracketed}:{startup.grpc_port}"
         console.print(render.serving(startup, f"serving on {address}{grpc}"))
 
     # Tokens come from the environment by default: command lines are visible to local users.
@@ -89,6 +114,7 @@ def serve(
         grpc_port=grpc_port,
         strict=strict,
         on_loaded=show,
+        tls=tls,
     )
 
 

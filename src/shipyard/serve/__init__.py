@@ -21,6 +21,7 @@ MAX_BODY_BYTES = 64 * 2**20
 
 if TYPE_CHECKING:
     from shipyard.serve.app import Startup, V2App
+    from shipyard.serve.tls import Tls
 
 
 def create_app(repository: str | Path, **options: Any) -> V2App:
@@ -45,6 +46,7 @@ def run_server(
     grpc_port: int | None = None,
     strict: bool = False,
     on_loaded: Callable[[Startup], None] | None = None,
+    tls: Tls | None = None,
 ) -> None:
     """Serve ``repository`` on ``host:port`` until SIGINT/SIGTERM, then drain and return.
 
@@ -61,6 +63,7 @@ def run_server(
     ``strict``: load every model before any port opens, and refuse to start when one fails
     to load or there is none (as Triton's ``--exit-on-error``). ``on_loaded``: called once
     with a :class:`~shipyard.serve.app.Startup` when the startup loads have finished.
+    ``tls``: serve HTTPS and gRPC over TLS (mutual TLS with ``tls.client_ca``).
     Raises RepositoryError (one line, saying what to pass or what failed) when ``repository``
     is not a folder, or with ``strict``, before serving anything.
     """
@@ -76,6 +79,7 @@ def run_server(
         grpc_host=host,
         strict=strict,
         on_loaded=on_loaded,
+        tls=tls,
     )
 
     class LoadFirst(uvicorn.Server):
@@ -94,6 +98,7 @@ def run_server(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=graceful_timeout,
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while loading, as uvicorn.run does
         LoadFirst(config).run()

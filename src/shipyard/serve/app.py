@@ -45,6 +45,7 @@ from shipyard.serve.infer import (
 from shipyard.serve.layout import Layout, find_layout, suggest
 from shipyard.serve.metrics import ServeMetrics
 from shipyard.serve.repository import Repository, VersionRow, check_name
+from shipyard.serve.tls import Tls
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +277,7 @@ def create_app(
     grpc_host: str = "127.0.0.1",
     strict: bool = False,
     on_loaded: Callable[[Startup], None] | None = None,
+    tls: Tls | None = None,
 ) -> V2App:
     """The V2 server (an ASGI app) over ``repository``: a model repository folder, one model
     folder or one package folder (:mod:`shipyard.serve.layout`; a model or package folder is
@@ -293,8 +295,11 @@ def create_app(
     ``strict``: startup waits for the loads and fails with RepositoryError (one line) when a
     model failed to load or there is none; without it, models load in the background and
     failures show in the index. ``on_loaded``: called once with a :class:`Startup` when the
-    startup loads have finished (the CLI prints its table).
+    startup loads have finished (the CLI prints its table). ``tls``: gRPC over TLS with these
+    files (HTTPS is the ASGI server's part: ``run_server`` passes the same files to uvicorn).
     """
+    if tls is not None:
+        tls.check()
     repo = Repository(find_layout(repository), ServeMetrics())
     dispatcher = Dispatcher(repo, auth_token, admin_token)
     server = _Server(dispatcher, max_body_bytes, strict, on_loaded)
@@ -309,7 +314,7 @@ def create_app(
             if grpc_port is not None:
                 from shipyard.serve.grpc.server import start_grpc_server
 
-                grpc = await start_grpc_server(server, grpc_host, grpc_port)
+                grpc = await start_grpc_server(server, grpc_host, grpc_port, tls)
                 server.grpc_port = grpc.port
             if watch_seconds:
                 watcher = asyncio.create_task(_watch(server.repository, watch_seconds))

@@ -48,6 +48,7 @@ from shipyard.serve.grpc.codec import (
     parameter,
 )
 from shipyard.serve.repository import check_name
+from shipyard.serve.tls import Tls
 from shipyard.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -260,8 +261,11 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def start_grpc_server(state: ServerState, host: str, port: int) -> GrpcServer:
-    """Serve ``state`` over gRPC on ``host:port`` (0: a free port) in the running loop.
+async def start_grpc_server(
+    state: ServerState, host: str, port: int, tls: Tls | None = None
+) -> GrpcServer:
+    """Serve ``state`` over gRPC on ``host:port`` (0: a free port) in the running loop;
+    over TLS (mutual with ``tls.client_ca``) when ``tls`` is given.
 
     Messages above ``state.max_body_bytes`` are refused with RESOURCE_EXHAUSTED. Raises
     OSError when the address cannot be bound (also when another server holds the port:
@@ -277,7 +281,10 @@ async def start_grpc_server(state: ServerState, host: str, port: int) -> GrpcSer
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, tls.grpc_credentials())
     except RuntimeError as error:
         raise OSError(f"cannot serve gRPC on {address}: {error}") from None
     await server.start()
