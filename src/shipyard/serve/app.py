@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from shipyard.errors import InputError
 from shipyard.serve import MAX_BODY_BYTES
+from shipyard.serve.codec import parse_json
 from shipyard.serve.dispatch import Dispatcher
 from shipyard.serve.errors import BadRequest, ModelNotReady, RepositoryError, ServeError
 from shipyard.serve.infer import (
@@ -215,10 +216,7 @@ class _Server:
         body, _ = await self.http.receive((request.receive, content_length, None, None))
         if not body.strip():
             return {}
-        try:
-            value = json.loads(body)
-        except ValueError as error:
-            raise BadRequest(f"the request is not valid JSON: {error}") from None
+        value = parse_json(body)  # BadRequest for anything malformed, deep nesting included
         if not isinstance(value, dict):
             raise BadRequest("the request body must be a JSON object")
         return value
