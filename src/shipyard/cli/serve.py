@@ -80,6 +80,15 @@ def serve(
             help="PEM CA: require client certificates it signed (mutual TLS).",
         ),
     ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(help="Close a connection whose request headers take longer (s).")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Answer 408 to a request whose body takes longer (s).")
+    ] = 30.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Connections served at once; new requests get 503 beyond.")
+    ] = 2048,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC)."""
     from shipyard.serve import run_server
@@ -115,6 +124,9 @@ def serve(
         strict=strict,
         on_loaded=show,
         tls=tls,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
     )
 
 

@@ -47,6 +47,9 @@ def run_server(
     strict: bool = False,
     on_loaded: Callable[[Startup], None] | None = None,
     tls: Tls | None = None,
+    header_timeout: float = 10.0,
+    body_timeout: float = 30.0,
+    max_connections: int = 2048,
 ) -> None:
     """Serve ``repository`` on ``host:port`` until SIGINT/SIGTERM, then drain and return.
 
@@ -64,10 +67,16 @@ def run_server(
     to load or there is none (as Triton's ``--exit-on-error``). ``on_loaded``: called once
     with a :class:`~shipyard.serve.app.Startup` when the startup loads have finished.
     ``tls``: serve HTTPS and gRPC over TLS (mutual TLS with ``tls.client_ca``).
+    Slow and idle clients: a connection whose request headers are not complete
+    ``header_timeout`` seconds after it opened (or after its last response) is closed; a body
+    that takes longer than ``body_timeout`` gets 408; beyond ``max_connections`` connections
+    (or requests in progress) new requests get 503.
     Raises RepositoryError (one line, saying what to pass or what failed) when ``repository``
     is not a folder, or with ``strict``, before serving anything.
     """
     import uvicorn
+
+    from shipyard.serve.guard import http_protocol
 
     app = create_app(
         repository,
@@ -80,6 +89,7 @@ def run_server(
         strict=strict,
         on_loaded=on_loaded,
         tls=tls,
+        body_timeout=body_timeout,
     )
 
     class LoadFirst(uvicorn.Server):
@@ -98,6 +108,8 @@ def run_server(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=graceful_timeout,
+        http=http_protocol(header_timeout),
+        limit_concurrency=max_connections,
         **(tls.uvicorn_options() if tls is not None else {}),
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while loading, as uvicorn.run does

@@ -33,6 +33,7 @@ from shipyard.serve.codec import parse_json
 from shipyard.serve.dispatch import Dispatcher
 from shipyard.serve.errors import BadRequest, ModelNotReady, RepositoryError, ServeError
 from shipyard.serve.infer import (
+    BODY_TIMEOUT,
     INFER_PATH,
     HttpTransport,
     Inference,
@@ -90,12 +91,13 @@ class _Server:
         max_body_bytes: int,
         strict: bool,
         on_loaded: Callable[[Startup], None] | None,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.dispatcher = dispatcher
         self.repository = dispatcher.repository
         self.metrics = dispatcher.metrics
         self.max_body_bytes = max_body_bytes
-        self.http = HttpTransport(max_body_bytes)
+        self.http = HttpTransport(max_body_bytes, body_timeout)
         self.strict, self.on_loaded = strict, on_loaded
         self.loading: asyncio.Task[None] | None = None
         self.draining = False
@@ -276,6 +278,7 @@ def create_app(
     strict: bool = False,
     on_loaded: Callable[[Startup], None] | None = None,
     tls: Tls | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> V2App:
     """The V2 server (an ASGI app) over ``repository``: a model repository folder, one model
     folder or one package folder (:mod:`shipyard.serve.layout`; a model or package folder is
@@ -293,14 +296,15 @@ def create_app(
     ``strict``: startup waits for the loads and fails with RepositoryError (one line) when a
     model failed to load or there is none; without it, models load in the background and
     failures show in the index. ``on_loaded``: called once with a :class:`Startup` when the
-    startup loads have finished (the CLI prints its table). ``tls``: gRPC over TLS with these
+    startup loads have finished (the CLI prints its table). ``body_timeout``: seconds a
+    request body may take to arrive (408 past it). ``tls``: gRPC over TLS with these
     files (HTTPS is the ASGI server's part: ``run_server`` passes the same files to uvicorn).
     """
     if tls is not None:
         tls.check()
     repo = Repository(find_layout(repository), ServeMetrics())
     dispatcher = Dispatcher(repo, auth_token, admin_token)
-    server = _Server(dispatcher, max_body_bytes, strict, on_loaded)
+    server = _Server(dispatcher, max_body_bytes, strict, on_loaded, body_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ logging unless something unexpected fails.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -31,6 +32,16 @@ Reply = tuple[int, Headers, bytes]
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _JSON = b"application/json"
+
+
+# Seconds a request's whole body may take to arrive after its headers (408 past it).
+BODY_TIMEOUT = 30.0
+
+
+class BodyTimeout(ServeError):
+    """The body did not arrive in time (408 Request Timeout)."""
+
+    status = 408
 
 
 class ClientGone(ServeError):
@@ -78,13 +89,39 @@ class HttpTransport(Transport[HttpRequest, HttpBody, InferRequest, tuple[bytes, 
 
     receives = True
 
-    def __init__(self, max_body_bytes: int) -> None:
-        self.max_body_bytes = max_body_bytes
+    def __init__(self, max_body_bytes: int, body_timeout: float = BODY_TIMEOUT) -> None:
+        self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
 
     async def receive(self, request: HttpRequest) -> HttpBody:
         """The body: PayloadTooLarge when Content-Length or the bytes received so far exceed
         ``max_body_bytes`` (a client may send no Content-Length, or a false one); ClientGone
-        when the client disconnects first."""
+        when the client disconnects first; BodyTimeout (408) when the whole body has not
+        arrived ``body_timeout`` seconds after the headers (a trickling client)."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        # One timer per request (~1 us), not a wait_for task per chunk.
+        timer = asyncio.get_running_loop().call_later(self.body_timeout, expire)
+        try:
+            return await self._read(request)
+        except asyncio.CancelledError:
+            if expired:
+                if hasattr(task, "uncancel"):  # 3.11+: this cancellation is handled here
+                    task.uncancel()
+                raise BodyTimeout(
+                    f"the request body did not arrive within {self.body_timeout:g} s"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
+
+    async def _read(self, request: HttpRequest) -> HttpBody:
         receive, length, header_length, encoding = request
         if encoding not in (None, b"identity"):
             raise BadRequest("compressed request bodies (Content-Encoding) are not supported")
