@@ -10,7 +10,9 @@ on first use of the server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,12 +96,38 @@ def run_server(
 
     class LoadFirst(uvicorn.Server):
         """uvicorn, in whose event loop a strict server loads its models before uvicorn
-        starts: a failure then ends the run with our one-line error, never a traceback."""
+        starts (a failure then ends the run with our one-line error, never a traceback), and
+        which drains before it stops: on SIGINT/SIGTERM, new requests get 503 (HTTP, with
+        ``Connection: close``) or UNAVAILABLE (gRPC) while those in progress finish; uvicorn
+        stops once none is in progress and no client was turned away for 0.2 s (so that
+        clients see a refusal, not a closed connection), or after ``graceful_timeout``."""
+
+        drain: asyncio.Task[None] | None = None
 
         async def serve(self, sockets: Any = None) -> None:
+            self.loop = asyncio.get_running_loop()
             if strict:
                 await app.server.start_loading()
             await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.drain is not None or self.should_exit or not hasattr(self, "loop"):
+                super().handle_exit(sig, frame)  # a second signal: stop now
+                return
+            app.server.draining = True
+            self.loop.call_soon_threadsafe(self._start_drain, sig, frame)
+
+        def _start_drain(self, sig: int, frame: Any) -> None:
+            self.drain = self.loop.create_task(self._drained(sig, frame))
+
+        async def _drained(self, sig: int, frame: Any) -> None:
+            dispatcher = app.server.dispatcher
+            deadline = time.monotonic() + graceful_timeout
+            while time.monotonic() < deadline and (
+                dispatcher.active or time.monotonic() - dispatcher.last_refused < 0.2
+            ):
+                await asyncio.sleep(0.01)
+            super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
         app,

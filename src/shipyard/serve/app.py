@@ -100,9 +100,17 @@ class _Server:
         self.http = HttpTransport(max_body_bytes, body_timeout)
         self.strict, self.on_loaded = strict, on_loaded
         self.loading: asyncio.Task[None] | None = None
-        self.draining = False
         self.grpc_port: int | None = None  # the bound gRPC port while gRPC serves
         self._loaded = self._serving = False
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: not ready, and new inference requests are refused (503)."""
+        return self.dispatcher.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.dispatcher.draining = value
 
     def authorize(self, request: Request, admin: bool = False) -> None:
         self.dispatcher.authorize(request.headers.get("authorization"), admin)

@@ -36,7 +36,13 @@ from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar, cast
 import numpy as np
 
 from shipyard.errors import InputError
-from shipyard.serve.errors import InternalError, ServeError, Unauthorized, VersionRetired
+from shipyard.serve.errors import (
+    InternalError,
+    ServeError,
+    ShuttingDown,
+    Unauthorized,
+    VersionRetired,
+)
 from shipyard.serve.protocol import apply_classification
 from shipyard.serve.repository import Repository
 from shipyard.signature import Signature
@@ -157,6 +163,11 @@ class Dispatcher:
         self.metrics = repository.metrics
         self.auth = bearer(auth_token)
         self.admin = bearer(admin_token or auth_token)
+        # Draining (before exit): new requests get ShuttingDown; `active` counts the requests
+        # in progress on either transport, `last_refused` when one was last turned away.
+        self.draining = False
+        self.active = 0
+        self.last_refused = 0.0
 
     def authorize(self, given: bytes | str | None, admin: bool = False) -> None:
         """Raise Unauthorized unless ``given`` (the ``authorization`` header or call
@@ -189,6 +200,11 @@ class Dispatcher:
         """
         started = time.perf_counter()
         served = None
+        if self.draining:
+            self.last_refused = time.monotonic()
+            self.metrics.count("", "", 503)
+            raise ShuttingDown("the server is shutting down; retry (another replica)")
+        self.active += 1
         self.metrics.inflight.inc()
         try:
             if self.auth is not None:
@@ -230,6 +246,7 @@ class Dispatcher:
                 raise InternalError(answer.message) from error
             raise
         finally:
+            self.active -= 1
             self.metrics.inflight.dec()
         served.metrics.succeeded.inc()
         served.metrics.latency.observe(time.perf_counter() - started)

@@ -54,6 +54,14 @@ class VersionRetired(ModelNotReady):
     """The version was unloaded or replaced between lookup and queueing (503)."""
 
 
+class ShuttingDown(ServeError):
+    """The server is draining before it exits: requests already accepted are answered, new
+    ones are refused (503, Retry-After; over HTTP the connection is closed after it)."""
+
+    status = 503
+    retry_after = 1
+
+
 class QueueFull(ServeError):
     """The version's batching queue holds ``max_queue_size`` requests already (503)."""
 

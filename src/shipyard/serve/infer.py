@@ -21,7 +21,7 @@ import numpy as np
 
 from shipyard.serve.codec import InferRequest, decode_request, encode_response
 from shipyard.serve.dispatch import Dispatcher, Transport, failure
-from shipyard.serve.errors import BadRequest, PayloadTooLarge, ServeError
+from shipyard.serve.errors import BadRequest, PayloadTooLarge, ServeError, ShuttingDown
 from shipyard.signature import Signature
 
 Scope = MutableMapping[str, Any]
@@ -67,6 +67,8 @@ def error_reply(error: BaseException) -> Reply:
         headers.append((b"retry-after", str(answer.retry_after).encode()))
     if answer.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if isinstance(error, ShuttingDown):  # the client's next request opens a new connection
+        headers.append((b"connection", b"close"))
     return reply({"error": answer.message}, answer.status, headers)
 
 
