@@ -56,9 +56,9 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
         return artifact
     if reference is not None and reference.format != "torch":
         raise PassError(
-            f"{what} needs a PyTorch model, but the recipe's model is a {reference.format} "
-            f"file ({reference.path}); give the PyTorch model as model: source: and add the "
-            f"export or convert steps, or use a step that starts from the file"
+            f"{what} needs a PyTorch model, but the recipe's model is a model file "
+            f"({reference.describe()}); give the PyTorch model as model: source:, or use a "
+            f"step that starts from the file (quantize, convert_openvino from ONNX)"
         )
     base = len(reference.provenance) if reference is not None else 0
     steps = artifact.provenance[base:]
