@@ -241,8 +241,10 @@ def test_package_file_names_the_model_after_the_file(small_onnx: Artifact, tmp_p
         model_name(Path("x.onnx"), "-bad")
     assert small_onnx.path is not None
     result = shipyard.package_file(
-        small_onnx.path, tmp_path, version=2, serving={"max_batch_size": 4}, run_bench=False
-    )
+        small_onnx.path, tmp_path, version=2, serving={"max_batch_size": 4}, samples=5,
+        run_bench=False,
+    )  # fmt: skip
     assert result.package_dir == tmp_path / "small" / "2"
     assert result.manifest["serving"]["max_batch_size"] == 4
-    assert result.manifest["validation"][0]["random_inputs"] is True
+    (report,) = result.manifest["validation"]
+    assert (report["random_inputs"], report["samples"]) == (True, 5)

@@ -97,6 +97,7 @@ def package_file(
     version: int = 1,
     serving: Mapping[str, Any] | None = None,
     data: str | None = None,
+    samples: int | None = None,
     task: str = "classification",
     overwrite: bool = False,
     run_bench: bool = True,
@@ -104,12 +105,14 @@ def package_file(
     """Package one model file (``.onnx``, ``.tflite``, OpenVINO ``.xml``) as it is, as
     ``shipyard package`` does: ``output/<name>/<version>/``, named after the file unless
     ``name`` is given; ``serving`` takes :class:`~shipyard.serving.ServingConfig` fields;
-    ``data`` (``pkg.module:function``, ``.npz``, ``.npy``) is what it runs on once, labels
-    giving its accuracy. The same build as a recipe with no passes.
+    ``data`` (``pkg.module:function``, ``.npz``, ``.npy``; at most ``samples`` of it) is what
+    it runs on once, labels giving its accuracy. The same build as a recipe with no passes.
     """
     from shipyard.model_file import file_recipe
 
-    recipe = file_recipe(path, name=name, version=version, serving=serving, data=data, task=task)
+    recipe = file_recipe(
+        path, name=name, version=version, serving=serving, data=data, samples=samples, task=task
+    )
     return build(recipe, output, overwrite=overwrite, run_bench=run_bench)
 
 

@@ -94,11 +94,13 @@ def file_recipe(
     version: int = 1,
     serving: ServingConfig | Mapping[str, Any] | None = None,
     data: str | None = None,
+    samples: int | None = None,
     task: str = "classification",
 ) -> Recipe:
     """The recipe that packages model file ``path`` as it is: no passes, the signature read
-    from the file, ``data`` (``pkg.module:function``, ``.npz``, ``.npy``) to run it on, the
-    serving settings in ``serving``; named ``name`` or after the file (:func:`model_name`).
+    from the file, ``data`` (``pkg.module:function``, ``.npz``, ``.npy``; at most ``samples``
+    of it, default all, or 64 random inputs without data) to run it on, the serving settings
+    in ``serving``; named ``name`` or after the file (:func:`model_name`).
 
     Raises SourceError for a path that is not a model file (missing, unsupported suffix, a
     ``.bin`` without its ``.xml``), InputError for a bad name or version.
@@ -115,6 +117,7 @@ def file_recipe(
             "description": f"the model file {checked.name}, packaged as it is",
             "model": {"source": str(checked)},
             "data": {"validation": data} if data is not None else {},
+            "validate": {"samples": samples},
             "passes": [],
             "serve": config,
             "base_dir": Path.cwd(),

@@ -325,6 +325,11 @@ def validate(
     return report
 
 
+def _check_labels(labels: np.ndarray, samples: int) -> None:
+    if len(labels) != samples:
+        raise DataError(f"{len(labels)} labels for {samples} samples: give one label per sample")
+
+
 def _nonfinite(value: np.ndarray) -> int:
     return int(np.count_nonzero(~np.isfinite(value))) if value.dtype.kind in "fc" else 0
 
@@ -339,33 +344,21 @@ def run_alone(
     task: str = "classification",
     seed: int = 0,
 ) -> ValidationReport:
-    """Run ``artifact`` once on ``data`` (or seeded random inputs), comparing nothing.
-
-    For a model that is its own reference, where parity with itself would be exact by
-    construction and say nothing. What the run does show: that the model loads and answers
-    in its runtime, each output's shape and NaN/Inf count, and with labels (classification)
-    its accuracy. No gates: NaN/Inf are judged against a reference elsewhere, and here there
-    is none (a model may return NaN for random inputs it was never meant to see).
+    """Run ``artifact`` once on ``data`` (or seeded random inputs), comparing nothing: for
+    a model that is its own reference, whose parity with itself would be exact by
+    construction. The run shows that it loads and answers in its runtime, each output's
+    shape and NaN/Inf count, and with labels (classification) its accuracy. No gates: NaN/Inf
+    are judged against a reference, and a model may return NaN for inputs it never sees.
     """
     random_inputs = data is None
     data = comparison_data(artifact, data, samples, batch_size, seed)
     outputs = run_all(artifact, data, batch_size, threads)
     ran = [OutputRun(name, list(value.shape), _nonfinite(value)) for name, value in outputs.items()]
-    first = next(iter(outputs.values()))
-    report = ValidationReport(
-        artifact.name,
-        artifact.name,
-        len(first),
-        [],
-        random_inputs=random_inputs,
-        parity=False,
-        ran=ran,
-    )
+    first, name = next(iter(outputs.values())), artifact.name
+    report = ValidationReport(name, name, len(first), [], random_inputs=random_inputs)
+    report.parity, report.ran = False, ran
     if data.labels is not None and task == "classification":
-        if len(data.labels) != len(first):
-            raise DataError(
-                f"{len(data.labels)} labels for {len(first)} samples: give one label per sample"
-            )
+        _check_labels(data.labels, len(first))
         report.accuracy_candidate = _accuracy(first, data.labels)
     return report
 
@@ -402,8 +395,8 @@ def build_report(
         for name, cand_name in zip(ref_out, cand_out, strict=True)
     ]
     samples = len(next(iter(ref_out.values())))
-    if labels is not None and len(labels) != samples:
-        raise DataError(f"{len(labels)} labels for {samples} samples: give one label per sample")
+    if labels is not None:
+        _check_labels(labels, samples)
     report = ValidationReport(reference, candidate, samples, outputs)
     if labels is not None and task == "classification":
         first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))

@@ -23,7 +23,8 @@ def test_package_writes_a_servable_package_from_one_file(
     np.savez(tmp_path / "data.npz", x=x, labels=np.zeros(20, np.int64))
     repository = tmp_path / "repo"
     args = ("--name", "tiny", "--version", "3", "--max-batch-size", "4", "--instances", "2")
-    done = run("package", small_onnx.path, "-o", repository, *args, "--data", tmp_path / "data.npz")
+    data = ("--data", tmp_path / "data.npz", "--samples", "10")
+    done = run("package", small_onnx.path, "-o", repository, *args, *data)
     assert done.returncode == 0, done.stderr
     folder = repository / "tiny" / "3"
     package = load_package(folder)  # hashes verified
@@ -33,7 +34,9 @@ def test_package_writes_a_servable_package_from_one_file(
     assert package.manifest["benchmark"] is not None
     lines = done.stdout.splitlines()
     assert "packaged onnx as it is -> small.onnx" in lines[2]
-    assert "onnx on 20 samples" in done.stdout and "accuracy: onnx " in done.stdout
+    assert "onnx on 10 samples" in done.stdout
+    accuracy = package.manifest["validation"][0]["accuracy_candidate"]
+    assert f"accuracy: onnx {accuracy:.2%}" in done.stdout
     assert "serves onnx: the only artifact" in done.stdout
     assert lines[-2] == "wrote report.html, report.md, shipyard.json, small.onnx"
     assert lines[-1] == f"serve it: shipyard serve {folder}"

@@ -22,6 +22,7 @@ from shipyard.cli.options import (
     OutputOpt,
     OverwriteOpt,
     QueueDelayOpt,
+    SamplesOpt,
     ThreadsOpt,
     VersionOpt,
     serving_options,
@@ -50,6 +51,7 @@ def package(
             "accuracy. Default: seeded random inputs."
         ),
     ] = None,
+    samples: SamplesOpt = None,
     task: Annotated[
         str, typer.Option(help="classification (accuracy from labels) or other.")
     ] = "classification",
@@ -79,7 +81,13 @@ def package(
         threads=threads,
     )
     recipe = file_recipe(
-        model, name=name, version=version or 1, serving=serving, data=data, task=task
+        model,
+        name=name,
+        version=version or 1,
+        serving=serving,
+        data=data,
+        samples=samples,
+        task=task,
     )
     result = build(
         recipe,

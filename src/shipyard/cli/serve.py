@@ -142,12 +142,12 @@ def _is_model_file(path: Path) -> bool:
 def _package_for_serving(
     path: Path, folder: Path, name: str | None, serving: dict[str, Any]
 ) -> Path:
-    """Package model file ``path`` into ``folder`` (validated by one run, not benchmarked:
-    the server starts sooner); return the package folder."""
+    """Package model file ``path`` into ``folder``; return the package folder. Its one run
+    is on two random inputs and it is not benchmarked, so that the server starts soon."""
     from shipyard.build import build
     from shipyard.model_file import file_recipe
 
-    recipe = file_recipe(path, name=name, serving=serving)
+    recipe = file_recipe(path, name=name, serving=serving, samples=2)
     result = build(recipe, folder, run_bench=False)
     console.print(
         f"[green]✓[/] packaged {escape(str(path))} as model {escape(recipe.name)!r} version "
