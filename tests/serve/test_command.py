@@ -184,3 +184,16 @@ def test_serve_command_refuses_file_options_for_a_folder(packages: Path) -> None
     assert run.returncode == 2
     (line,) = run.stderr.strip().splitlines()
     assert line.startswith("error: --name, --threads apply to a model file; ")
+
+
+def test_serve_command_missing_model_file_is_one_line(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "shipyard", "serve", str(tmp_path / "nope.onnx")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line == f"error: model file {tmp_path / 'nope.onnx'} does not exist"
