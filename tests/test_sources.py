@@ -3,6 +3,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -10,7 +11,7 @@ from safetensors.torch import save_file
 from shipyard.artifact import Artifact
 from shipyard.errors import SourceError
 from shipyard.runtimes.onnxruntime import onnx_signature
-from shipyard.sources import load_model
+from shipyard.sources import load_model, model_file, model_files
 from tests.conftest import SMALL_SIGNATURE, small_net
 
 INPUTS = SMALL_SIGNATURE.with_outputs(())
@@ -138,4 +139,52 @@ def test_onnx_file_signature_is_read_from_the_graph(small_onnx: Artifact) -> Non
 
 def test_missing_file() -> None:
     with pytest.raises(SourceError, match="neither an existing file"):
+        load_model("does/not/exist.pt2")
+    with pytest.raises(SourceError, match="model file does/not/exist.onnx does not exist"):
         load_model("does/not/exist.onnx")
+
+
+@pytest.mark.parametrize(
+    ("files", "given", "said"),
+    [
+        ((), "net.onnx", "model file {dir}/net.onnx does not exist"),
+        (("net.pt2",), "net.pt2", "is not a model file Shipyard runs as it is (.onnx, .tflite, "),
+        (("net.bin",), "net.bin", "net.bin has no net.xml beside it: an OpenVINO model is the"),
+        (("net.xml",), "net.xml", "net.xml has no net.bin beside it: an OpenVINO model needs"),
+    ],
+)
+def test_a_path_that_is_no_model_file_says_why(
+    files: tuple[str, ...], given: str, said: str, tmp_path: Path
+) -> None:
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SourceError) as error:
+        model_file(tmp_path / given)
+    assert said.format(dir=tmp_path) in str(error.value)
+
+
+def test_the_bin_of_an_openvino_model_means_its_xml(tmp_path: Path) -> None:
+    (tmp_path / "net.xml").write_text("<net/>")
+    (tmp_path / "net.bin").write_bytes(b"")
+    assert model_file(tmp_path / "net.bin") == tmp_path / "net.xml"
+    assert model_files(tmp_path / "net.xml") == [tmp_path / "net.xml", tmp_path / "net.bin"]
+
+
+def test_external_data_outside_the_models_folder_is_refused(
+    small_onnx: Artifact, tmp_path: Path
+) -> None:
+    """An ONNX file names its external data files: one outside its folder would not travel."""
+    assert small_onnx.path is not None
+    model = onnx.load(str(small_onnx.path))
+    (tmp_path / "model").mkdir()
+    onnx.save_model(model, str(tmp_path / "model" / "net.onnx"), save_as_external_data=True,
+                    location="net.bin", size_threshold=256)  # fmt: skip
+    assert model_files(tmp_path / "model" / "net.onnx")[1:] == [tmp_path / "model" / "net.bin"]
+    moved = onnx.load(str(tmp_path / "model" / "net.onnx"), load_external_data=False)
+    for tensor in moved.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../net.bin"
+    (tmp_path / "model" / "moved.onnx").write_bytes(moved.SerializeToString())
+    with pytest.raises(SourceError, match="keeps external data at '../net.bin', outside its own"):
+        model_files(tmp_path / "model" / "moved.onnx")

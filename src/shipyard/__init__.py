@@ -9,10 +9,12 @@ The Python API mirrors the CLI and returns objects instead of printing::
     int8 = shipyard.quantize(onnx, "model.int8.onnx", preset="static_qdq_u8s8", data=data)
     report = shipyard.validate(reference, onnx, data)
     timings = shipyard.bench([reference, onnx])
+    packaged = shipyard.package_file("model.onnx", output="out", serving={"max_batch_size": 8})
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,33 @@ def quantize(
     )
 
 
+def package_file(
+    path: str | Path,
+    output: str | Path = "out",
+    *,
+    name: str | None = None,
+    version: int = 1,
+    serving: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    samples: int | None = None,
+    task: str = "classification",
+    overwrite: bool = False,
+    run_bench: bool = True,
+) -> BuildResult:
+    """Package one model file (``.onnx``, ``.tflite``, OpenVINO ``.xml``) as it is, as
+    ``shipyard package`` does: ``output/<name>/<version>/``, named after the file unless
+    ``name`` is given; ``serving`` takes :class:`~shipyard.serving.ServingConfig` fields;
+    ``data`` (``pkg.module:function``, ``.npz``, ``.npy``; at most ``samples`` of it) is what
+    it runs on once, labels giving its accuracy. The same build as a recipe with no passes.
+    """
+    from shipyard.model_file import file_recipe
+
+    recipe = file_recipe(
+        path, name=name, version=version, serving=serving, data=data, samples=samples, task=task
+    )
+    return build(recipe, output, overwrite=overwrite, run_bench=run_bench)
+
+
 __all__ = [
     "Applied",
     "Artifact",
@@ -114,6 +143,7 @@ __all__ = [
     "load_recipe",
     "open_session",
     "optimize",
+    "package_file",
     "quantize",
     "validate",
 ]

@@ -1,5 +1,10 @@
 """The build: recipe -> source -> passes -> validation -> benchmark -> package.
 
+A build packages the files its passes make; when they make none and the model is a model
+file (.onnx, .tflite, OpenVINO .xml), that file itself, which is its own reference: it is run
+once on the data (``run_alone``) instead of compared with itself. A build that would package
+nothing is refused before any work.
+
 ``build(recipe, output)`` returns a BuildResult and prints nothing; ``on_step`` receives a
 typed :class:`~shipyard.events.StepEvent` after each step, and the CLI renders both.
 A failed step (gate, export, bench) leaves no version folder.
@@ -24,6 +29,7 @@ from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
 from shipyard.events import Stage, StepCallback, StepEvent
 from shipyard.hardware import hardware_fingerprint
+from shipyard.model_file import check_packages_something, copy_model_file
 from shipyard.package import SCHEMA_VERSION, preflight, seal, staging
 from shipyard.passes import PASSES
 from shipyard.passes.context import PassContext
@@ -31,7 +37,7 @@ from shipyard.recipe import Recipe, default_recipe_path, load_recipe
 from shipyard.report import candidate_rows, write_report
 from shipyard.runtimes import default_backend
 from shipyard.sources import load_model
-from shipyard.validate import Gates, ValidationReport, validate
+from shipyard.validate import Gates, ValidationReport, run_alone, validate
 
 _VERSIONED = ("shipyard", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy")
 
@@ -102,6 +108,8 @@ def prepare(
         weights=weights,
         name="torch",
     )
+    if reference.format != "torch":  # a model file: named as the pass that makes one would
+        reference.name = reference.format
     steps(Stage.LOAD, f"loaded {recipe.model.source}")
     sources = recipe.data.model_dump(exclude_none=True)
     data = {
@@ -259,13 +267,14 @@ def run_passes(
 ) -> tuple[list[Artifact], dict[str, Gates]]:
     """Run the recipe's passes; return the file artifacts made and each step's own gates.
 
-    A step starts from the previous step's result, or from the artifact its ``from:`` names.
+    A step starts from the previous step's result, or from the artifact its ``from:`` names
+    (``source``: the recipe's model, also known by its own name, ``torch`` for a module).
     What a step makes (a torch module or a file) is its registry entry's ``makes``.
     File artifacts' names must be unique: they label tables and ``from:`` refers to them
     (a torch pass run twice, e.g. two ``prune`` steps, leaves its latest module under its name).
     """
     current = reference
-    made: dict[str, Artifact] = {reference.name: reference}
+    made: dict[str, Artifact] = {"source": reference, reference.name: reference}
     produced: list[Artifact] = []
     gates: dict[str, Gates] = {}
     for index, entry in enumerate(recipe.passes):
@@ -317,34 +326,64 @@ def build(
     Raises GateError when a validation gate fails; nothing is written then.
     """
     recipe = as_recipe(recipe)
+    check_packages_something(recipe)
     steps = Steps(on_step)
     output = Path(output)
     reference, data = prepare(recipe, output, overwrite, steps)
     with staging(output, recipe.name, recipe.version, overwrite) as folder:
         context = PassContext(workdir=folder, reference=reference, data=data)
         produced, gates = run_passes(recipe, reference, context, steps)
-        check_served_artifact(recipe, produced)
-        reports = []
-        for artifact in produced:
-            report = validate_artifact(recipe, reference, artifact, data, gates.get(artifact.name))
-            reports.append(report)
-            steps(Stage.VALIDATE, f"validated {artifact.name}")
-            if not report.passed:
-                failed = "; ".join(g.describe() for g in report.failures())
-                raise GateError(f"validation of '{artifact.name}' failed: {failed}", report)
+        if not produced:  # the model file itself: from here on, the reference is its copy
+            reference = copy_model_file(reference, folder)
+            file, size = reference.files()[0].name, reference.size_bytes / 1e6
+            steps(Stage.PASS, f"packaged {reference.name} as it is -> {file} ({size:.2f} MB)")
+        packaged = produced or [reference]
+        check_served_artifact(recipe, packaged)
+        reports = [_check(recipe, reference, a, data, gates, steps) for a in produced]
+        if not produced:
+            reports.append(_run_alone(recipe, reference, data))
+            steps(Stage.VALIDATE, f"ran {reference.name} (the model itself: nothing to compare)")
         bench_report = None
         if run_bench if run_bench is not None else recipe.bench.enabled:
             bench_report = measure(recipe, [reference, *produced])
             steps(Stage.BENCH, "benchmarked " + ", ".join(a.name for a in [reference, *produced]))
-        manifest = finish_package(folder, recipe, reference, produced, reports, bench_report)
+        manifest = finish_package(folder, recipe, reference, packaged, reports, bench_report)
     package_dir = output / recipe.name / str(recipe.version)
     return BuildResult(
         recipe,
         package_dir,
         manifest,
-        relocate(produced, package_dir),
+        relocate(packaged, package_dir),
         reports,
         bench_report,
         steps.elapsed,
         steps.done,
+    )
+
+
+def _check(
+    recipe: Recipe,
+    reference: Artifact,
+    artifact: Artifact,
+    data: dict[str, Dataset],
+    gates: dict[str, Gates],
+    steps: Steps,
+) -> ValidationReport:
+    """Validate one artifact the passes made; GateError (nothing written) when a gate fails."""
+    report = validate_artifact(recipe, reference, artifact, data, gates.get(artifact.name))
+    steps(Stage.VALIDATE, f"validated {artifact.name}")
+    if not report.passed:
+        failed = "; ".join(g.describe() for g in report.failures())
+        raise GateError(f"validation of '{artifact.name}' failed: {failed}", report)
+    return report
+
+
+def _run_alone(recipe: Recipe, model: Artifact, data: dict[str, Dataset]) -> ValidationReport:
+    settings = recipe.validate_
+    return run_alone(
+        model,
+        data.get("validation"),
+        samples=settings.samples,
+        batch_size=settings.batch_size,
+        task=recipe.task,
     )

@@ -31,9 +31,11 @@ from shipyard.passes.quantize_config import PRESETS
 from shipyard.problems import location, message
 from shipyard.serving import ServingConfig
 from shipyard.signature import Signature
+from shipyard.sources import is_model_file
 from shipyard.validate import Gates
 
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A model name: a folder of the repository and a part of the serving URL.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class _Strict(BaseModel):
@@ -41,7 +43,8 @@ class _Strict(BaseModel):
 
 
 class ModelSource(_Strict):
-    """``source``: ``pkg.module:factory`` or a file (.onnx, .pt2, TorchScript .pt)."""
+    """``source``: ``pkg.module:factory`` or a file (.pt2, TorchScript .pt; or a model file:
+    .onnx, .tflite, OpenVINO .xml, packaged as it is when no pass makes another file)."""
 
     source: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -81,8 +84,9 @@ class BenchSettings(_Strict):
 # One optional field per registered pass; exactly one must be set in each list entry.
 # Beside it, two optional keys of the step itself:
 #   from:  the name of an earlier artifact of this build to start from (default: the
-#          previous step's result; "torch" is the recipe's model), so that one recipe can
-#          branch: export -> quantize, and convert_tflite from the model, in one package;
+#          previous step's result; "source" is the recipe's model, also named "torch" when it
+#          is a PyTorch model), so that one recipe can branch: export -> quantize, and
+#          convert_tflite from the model, in one package;
 #   gates: this step's artifact's validation gates, instead of validate: gates: (an int8
 #          artifact cannot meet the fp32 parity gates).
 _PassStepBase = create_model(  # type: ignore[call-overload]
@@ -175,7 +179,7 @@ class OptimizeSettings(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = Field(pattern=_NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(default=1, ge=1)
     description: str = ""
     task: Literal["classification", "other"] = "classification"
@@ -192,6 +196,19 @@ class Recipe(_Strict):
     @classmethod
     def _auto(cls, value: Any) -> Any:
         return {} if value == "auto" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_file_passes(cls, data: Any) -> Any:
+        """Without ``passes:``, a model file (.onnx, .tflite, .xml) is packaged as it is: the
+        default export step cannot start from a file."""
+        if not isinstance(data, dict) or "passes" in data:
+            return data
+        model = data.get("model")
+        source = model.get("source") if isinstance(model, dict) else getattr(model, "source", None)
+        if isinstance(source, str) and is_model_file(source):
+            return {**data, "passes": []}
+        return data
 
     # Where relative paths in the recipe are resolved from (the recipe's folder).
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -9,6 +9,10 @@ Accepted:
 - an ONNX file (``.onnx``);
 - an OpenVINO IR (``.xml`` with its ``.bin``) or a TFLite file (``.tflite``), signature read
   from the file (tensor names taken from a given signature by position).
+
+The last three are *model files* (``MODEL_FILES``): a build packages such a file as it is when
+no pass makes another, and ``shipyard package``/``serve`` take one without a recipe.
+``model_file`` checks a path given as one; ``model_files`` lists the files it consists of.
 """
 
 from __future__ import annotations
@@ -28,6 +32,69 @@ from shipyard.signature import Signature, TensorSpec
 from shipyard.torch_modules import eval_mode, flatten_outputs, output_names
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+# Model files by suffix -> their artifact format. They run as they are, with no torch module.
+MODEL_FILES = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+_MODEL_FILE_KINDS = ".onnx, .tflite, or an OpenVINO .xml with its .bin"
+
+
+def is_model_file(source: str) -> bool:
+    """Whether ``source`` names a model file, by its suffix (see ``MODEL_FILES``)."""
+    return not is_reference(source) and Path(source).suffix.lower() in MODEL_FILES
+
+
+def model_file(path: str | Path) -> Path:
+    """``path`` checked as a model file: it exists and is one of ``MODEL_FILES``, and an
+    OpenVINO ``.xml`` has its ``.bin`` (the ``.bin`` of an IR given instead: its ``.xml``).
+
+    Raises SourceError naming what is missing or which files are accepted.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".bin":
+        xml = path.with_suffix(".xml")
+        if not xml.is_file():
+            raise SourceError(
+                f"{path} has no {xml.name} beside it: an OpenVINO model is the .xml with its "
+                f".bin, so pass the .xml (a .bin of PyTorch weights needs its architecture: "
+                f"a recipe with model: {{source: 'pkg.module:factory', weights: '{path}'}})"
+            )
+        path, suffix = xml, ".xml"
+    if suffix not in MODEL_FILES:
+        raise SourceError(
+            f"{path} is not a model file Shipyard runs as it is ({_MODEL_FILE_KINDS}); a "
+            f"PyTorch model needs a recipe with an export or convert step (shipyard build)"
+        )
+    if not path.is_file():
+        raise SourceError(f"model file {path} does not exist")
+    if suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        raise SourceError(
+            f"{path} has no {path.with_suffix('.bin').name} beside it: an OpenVINO model needs "
+            f"both files (the .bin holds its weights)"
+        )
+    return path
+
+
+def model_files(path: Path) -> list[Path]:
+    """Every file model file ``path`` consists of, itself first: an ONNX file's external
+    data, an OpenVINO IR's ``.bin``. Raises SourceError for external data outside its folder
+    or missing."""
+    files = [path]
+    if path.suffix.lower() == ".xml":
+        files.append(path.with_suffix(".bin"))
+    if path.suffix.lower() == ".onnx":
+        from shipyard.runtimes.onnxruntime import onnx_external_files
+
+        for location in onnx_external_files(path):
+            data = path.parent / location
+            if Path(location).is_absolute() or ".." in Path(location).parts:
+                raise SourceError(
+                    f"{path} keeps external data at {location!r}, outside its own folder; "
+                    f"save it beside the model (onnx.save_model(..., location='{path.name}.data'))"
+                )
+            if not data.is_file():
+                raise SourceError(f"{path} refers to external data {location!r}, which is missing")
+            files.append(data)
+    return files
 
 
 def load_model(
@@ -38,10 +105,10 @@ def load_model(
     weights: str | Path | None = None,
     name: str | None = None,
 ) -> Artifact:
-    """Load ``source`` as an Artifact (format ``torch`` or ``onnx``).
+    """Load ``source`` as an Artifact (format ``torch``, or a model file's format).
 
     A torch source needs ``signature`` (at least its inputs); missing outputs are inferred
-    by running the model once. An ONNX file's signature is read from the graph when omitted.
+    by running the model once. A model file's signature is read from the file when omitted.
     ``name`` labels the artifact in tables (default: the file's stem, ``net.int8`` for
     ``net.int8.onnx``; ``torch`` for a factory).
     """
@@ -51,25 +118,12 @@ def load_model(
             load_weights(module, Path(weights))
         return torch_artifact(module, signature, name or "torch", source)
     path = Path(source)
+    if is_model_file(source):
+        path = model_file(path)
+        return _file_artifact(path, MODEL_FILES[path.suffix.lower()], signature, name)
     if not path.exists():
         raise SourceError(
             f"model source '{source}' is neither an existing file nor 'pkg.module:factory'"
-        )
-    if path.suffix == ".onnx":
-        from shipyard.runtimes.onnxruntime import onnx_signature
-
-        return Artifact(name or path.stem, "onnx", signature or onnx_signature(path), path=path)
-    if path.suffix == ".tflite":
-        from shipyard.runtimes.litert import tflite_signature
-
-        return Artifact(
-            name or path.stem, "tflite", adopt_names(tflite_signature(path), signature), path=path
-        )
-    if path.suffix == ".xml":
-        from shipyard.runtimes.openvino import ir_signature
-
-        return Artifact(
-            name or path.stem, "openvino", adopt_names(ir_signature(path), signature), path=path
         )
     if path.suffix == ".pt2":
         try:
@@ -87,9 +141,30 @@ def load_model(
             f"CLI: --weights {path})"
         )
     raise SourceError(
-        f"unsupported model file {path.name}: use .onnx, .pt2, a TorchScript archive, "
-        f"or 'pkg.module:factory' with weights"
+        f"unsupported model file {path.name}: use .onnx, .tflite, an OpenVINO .xml, .pt2, "
+        f"a TorchScript archive, or 'pkg.module:factory' with weights"
     )
+
+
+def _file_artifact(
+    path: Path, kind: str, signature: Signature | None, name: str | None
+) -> Artifact:
+    """A model file as an Artifact; its signature read from the file. An ONNX file's is
+    replaced by ``signature`` when given; the converters' files keep their own, with the tensor
+    names of ``signature`` (see :func:`adopt_names`)."""
+    if kind == "onnx":
+        from shipyard.runtimes.onnxruntime import onnx_signature
+
+        return Artifact(name or path.stem, "onnx", signature or onnx_signature(path), path=path)
+    if kind == "tflite":
+        from shipyard.runtimes.litert import tflite_signature
+
+        own = tflite_signature(path)
+    else:
+        from shipyard.runtimes.openvino import ir_signature
+
+        own = ir_signature(path)
+    return Artifact(name or path.stem, kind, adopt_names(own, signature), path=path)
 
 
 def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module:

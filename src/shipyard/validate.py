@@ -4,6 +4,9 @@
 same inputs and reports, per output: max/mean absolute error, max relative error, cosine
 similarity, top-1 agreement (classifier outputs), NaN/Inf counts; with labels, the accuracy
 of both and the drop. Gates turn those numbers into pass/fail.
+
+``run_alone(artifact, data)`` is for a model that is its own reference (a model file packaged
+as it is): it runs once, with nothing to compare, and reports its outputs and accuracy.
 """
 
 from __future__ import annotations
@@ -63,6 +66,15 @@ class OutputComparison:
 
 
 @dataclass
+class OutputRun:
+    """One output of an artifact run alone: its shape and how many values are NaN/Inf."""
+
+    name: str
+    shape: list[int]
+    nonfinite: int
+
+
+@dataclass
 class GateResult:
     """One gate's verdict. ``bound`` says which side of ``limit`` passes: ``"min"`` gates
     (``min_cosine``, ``min_top1_agreement``) need value >= limit, ``"max"`` gates the rest."""
@@ -103,6 +115,11 @@ class ValidationReport:
     # True when no data was given and the inputs were seeded random arrays from the signature:
     # parity on them says little about real inputs (an int8 model can look far worse or better)
     random_inputs: bool = False
+    # False: ``candidate`` is the reference itself (a model file packaged as it is), so there
+    # was nothing to compare: ``outputs`` is empty, ``ran`` holds what it returned, and
+    # ``accuracy_candidate`` is its accuracy (see ``run_alone``).
+    parity: bool = True
+    ran: list[OutputRun] = field(default_factory=list)
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -308,6 +325,44 @@ def validate(
     return report
 
 
+def _check_labels(labels: np.ndarray, samples: int) -> None:
+    if len(labels) != samples:
+        raise DataError(f"{len(labels)} labels for {samples} samples: give one label per sample")
+
+
+def _nonfinite(value: np.ndarray) -> int:
+    return int(np.count_nonzero(~np.isfinite(value))) if value.dtype.kind in "fc" else 0
+
+
+def run_alone(
+    artifact: Artifact,
+    data: Dataset | None = None,
+    *,
+    samples: int | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    task: str = "classification",
+    seed: int = 0,
+) -> ValidationReport:
+    """Run ``artifact`` once on ``data`` (or seeded random inputs), comparing nothing: for
+    a model that is its own reference, whose parity with itself would be exact by
+    construction. The run shows that it loads and answers in its runtime, each output's
+    shape and NaN/Inf count, and with labels (classification) its accuracy. No gates: NaN/Inf
+    are judged against a reference, and a model may return NaN for inputs it never sees.
+    """
+    random_inputs = data is None
+    data = comparison_data(artifact, data, samples, batch_size, seed)
+    outputs = run_all(artifact, data, batch_size, threads)
+    ran = [OutputRun(name, list(value.shape), _nonfinite(value)) for name, value in outputs.items()]
+    first, name = next(iter(outputs.values())), artifact.name
+    report = ValidationReport(name, name, len(first), [], random_inputs=random_inputs)
+    report.parity, report.ran = False, ran
+    if data.labels is not None and task == "classification":
+        _check_labels(data.labels, len(first))
+        report.accuracy_candidate = _accuracy(first, data.labels)
+    return report
+
+
 def build_report(
     reference: str,
     candidate: str,
@@ -340,8 +395,8 @@ def build_report(
         for name, cand_name in zip(ref_out, cand_out, strict=True)
     ]
     samples = len(next(iter(ref_out.values())))
-    if labels is not None and len(labels) != samples:
-        raise DataError(f"{len(labels)} labels for {samples} samples: give one label per sample")
+    if labels is not None:
+        _check_labels(labels, samples)
     report = ValidationReport(reference, candidate, samples, outputs)
     if labels is not None and task == "classification":
         first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))

@@ -110,7 +110,7 @@ def test_filename_must_be_plain() -> None:
 
 
 def test_onnx_artifact_cannot_be_exported_again(small_onnx: Artifact, tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="already ONNX"):
+    with pytest.raises(ExportError, match="is already a model file: in a recipe, drop the export"):
         export_onnx(small_onnx, tmp_path / "again.onnx")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+import shipyard
+from shipyard.artifact import Artifact
 from tests.conftest import REPO
 from tests.serve.conftest import wait_for
 
@@ -138,3 +141,59 @@ def test_serve_command_missing_repository_is_one_line(tmp_path: Path) -> None:
     assert run.returncode == 2
     (line,) = run.stderr.strip().splitlines()
     assert "nope is not a folder: pass a repository" in line
+
+
+def test_serve_command_serves_a_model_file_from_a_temporary_package(small_onnx: Artifact) -> None:
+    """As `mlserver start` or a one-model Triton repository would: one file, served at once."""
+    assert small_onnx.path is not None
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    options = ("--name", "tiny-file", "--max-batch-size", "4")
+    process = _serve(str(small_onnx.path), "--port", str(port), *options)
+    x = np.random.default_rng(5).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+    try:
+        _wait_ready(process, url)
+        answer = httpx.post(f"{url}/v2/models/tiny-file/infer", json=body, timeout=10)
+        config = httpx.get(f"{url}/v2/models/tiny-file/config", timeout=10).json()
+    finally:
+        stdout, _ = _stop(process)
+    assert answer.status_code == 200, answer.text
+    (output,) = answer.json()["outputs"]
+    assert output["shape"] == [2, 10]
+    with shipyard.open_session(small_onnx) as session:
+        expected = session.run({"x": x})["logits"]
+    np.testing.assert_allclose(np.reshape(output["data"], (2, 10)), expected, atol=1e-6)
+    assert config["max_batch_size"] == 4
+    assert f"packaged {small_onnx.path} as model 'tiny-file' version 1 in a temporary" in stdout
+    # The startup table names the temporary package; it is gone once the server stopped.
+    match = re.search(r"package (\S+) \(model 'tiny-file' version 1\)", stdout)
+    assert match is not None, stdout
+    assert Path(match[1]).name == "1" and not Path(match[1]).parent.parent.exists()
+
+
+def test_serve_command_refuses_file_options_for_a_folder(packages: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "shipyard", "serve", str(packages), "--name", "x", "--threads", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: --name, --threads apply to a model file; ")
+
+
+def test_serve_command_missing_model_file_is_one_line(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "shipyard", "serve", str(tmp_path / "nope.onnx")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line == f"error: model file {tmp_path / 'nope.onnx'} does not exist"

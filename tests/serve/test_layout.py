@@ -78,7 +78,7 @@ def test_folders_that_hold_no_version_are_not_models(out: Path) -> None:
     ("make", "message"),
     [
         (lambda root: root / "missing", "missing is not a folder: pass a repository"),
-        (lambda root: _file(root / "model.onnx"), "model.onnx is not a folder"),
+        (lambda root: _file(root / "model.onnx"), "model.onnx is a file, not a folder: pass a"),
         (lambda root: _package(root / "pkg", {"name": "../x", "version": 1}), "invalid model name"),
         (lambda root: _package(root / "pkg", {"name": "m", "version": "1"}), "invalid version"),
         (lambda root: _package(root / "pkg", None), "has no readable name and version"),
@@ -91,6 +91,15 @@ def test_what_cannot_be_served_says_what_to_pass(
 ) -> None:
     with pytest.raises(RepositoryError, match=re.escape(message)):
         find_layout(make(tmp_path))
+
+
+def test_a_model_file_given_to_the_server_says_how_to_serve_it(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError) as error:
+        find_layout(_file(tmp_path / "model.onnx"))
+    assert str(error.value).endswith(
+        "; package a model file first (shipyard package FILE -o REPO), or serve it with "
+        "shipyard serve FILE, which does"
+    )
 
 
 def _file(path: Path) -> Path:

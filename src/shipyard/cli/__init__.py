@@ -1,13 +1,14 @@
 """The ``shipyard`` command (Typer), one module per command family.
 
 - ``build``: build, optimize
+- ``package``: one model file made a package, without a recipe
 - ``verbs``: export and the one-off pass verbs (prune, finetune, quantize, convert)
 - ``compare``: validate, compare, bench
 - ``serve``: serve, inspect, report
 - ``render``: every table the commands print; ``options``: options they share.
 """
 
-from shipyard.cli import build, compare, serve, verbs
+from shipyard.cli import build, compare, package, serve, verbs
 from shipyard.cli.app import app, main
 
-__all__ = ["app", "build", "compare", "main", "serve", "verbs"]
+__all__ = ["app", "build", "compare", "main", "package", "serve", "verbs"]

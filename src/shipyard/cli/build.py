@@ -40,14 +40,16 @@ def build(
                 step.prune = step.prune.model_copy(update={"allow_without_finetune": True})
     try:
         if loaded.optimize is not None:  # `optimize:` in the recipe: the build is a search
-            result = run_optimize(loaded, output, overwrite=overwrite, on_step=_on_step(as_json))
+            result = run_optimize(
+                loaded, output, overwrite=overwrite, on_step=step_printer(as_json)
+            )
         else:
             result = run_build(
                 loaded,
                 output,
                 overwrite=overwrite,
                 run_bench=False if no_bench else None,
-                on_step=_on_step(as_json),
+                on_step=step_printer(as_json),
             )
     except GateError as error:
         if error.report is not None:
@@ -56,7 +58,9 @@ def build(
     print_result(result, as_json)
 
 
-def _on_step(quiet: bool) -> Any:
+def step_printer(quiet: bool) -> Any:
+    """An ``on_step`` callback printing each finished step (nothing when ``quiet``)."""
+
     def on_step(event: StepEvent) -> None:
         if not quiet:
             console.print(render.step_line(event.message, event.seconds), highlight=False)
@@ -166,7 +170,7 @@ def print_result(result: Any, as_json: bool) -> None:
         console.print(render.candidates(result.manifest["candidates"], str(search["batch_size"])))
         console.print(f"[bold]search[/] {escape(search['verdict'])}", highlight=False)
     elif result.benchmark is not None:
-        console.print(render.bench(result.benchmark, baseline="torch"))
+        console.print(render.bench(result.benchmark))  # against the first: the reference
     default = result.manifest.get("default_artifact")
     if default is not None:
         reason = result.manifest.get("default_artifact_reason", "")

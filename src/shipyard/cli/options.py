@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from shipyard.errors import InputError
 from shipyard.problems import describe
+from shipyard.serving import ServingConfig
 from shipyard.signature import Signature, TensorSpec
 
 RecipeArg = Annotated[
@@ -44,6 +45,52 @@ WeightsOpt = Annotated[
 ]
 RecipeOpt = Annotated[Path | None, typer.Option(help="Take the signature from a recipe.")]
 KwargsOpt = Annotated[str | None, typer.Option(help="JSON kwargs for the factory.")]
+
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Model name (default: the file's name without suffix, made a valid name)."
+    ),
+]
+_SERVING = ServingConfig.model_fields
+MaxBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Serving: most rows in one batch, 0 for none "
+        f"(default {_SERVING['max_batch_size'].default})."
+    ),
+]
+QueueDelayOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Serving: longest a request waits for its batch to fill, in ms "
+        f"(default {_SERVING['max_queue_delay_ms'].default:g})."
+    ),
+]
+InstancesOpt = Annotated[
+    int | None,
+    typer.Option(help=f"Serving: sessions run at once (default {_SERVING['instances'].default})."),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help=f"Serving: threads per session (default {_SERVING['threads'].default})."),
+]
+
+
+def serving_options(**values: Any) -> dict[str, Any]:
+    """The serving options given (``max_batch_size=...``; None: not given), checked by
+    ``ServingConfig``; InputError naming the option when it refuses a value."""
+    given = {key: value for key, value in values.items() if value is not None}
+    try:
+        ServingConfig.model_validate(given)
+    except ValidationError as error:
+        raise InputError(describe(error, name=_option)) from error
+    return given
+
+
+def _option(loc: tuple[Any, ...]) -> str:
+    return f"--{str(loc[0]).replace('_', '-')}" if loc else "serving"
+
 
 _INPUT_SPEC = re.compile(r"^([A-Za-z_][\w.:-]*):(\w+)\[([^\]]*)\]$")
 

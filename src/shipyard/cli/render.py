@@ -50,6 +50,8 @@ def samples(report: ValidationReport) -> str:
 
 def validation(report: ValidationReport) -> Group:
     """The parity table of one candidate, its accuracy line and every gate's verdict."""
+    if not report.parity:
+        return _run_alone(report)
     table = _table(
         f"{report.candidate} vs {report.reference} ({samples(report)})",
         ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agree", "NaN/Inf"),
@@ -78,6 +80,19 @@ def validation(report: ValidationReport) -> Group:
     for gate in report.gates:
         style = "green" if gate.passed else "bold red"
         parts.append(Text(f"  {gate.describe()}", style=style))
+    return Group(*parts)
+
+
+def _run_alone(report: ValidationReport) -> Group:
+    """A model that is its own reference: what one run on the data returned, its accuracy."""
+    given = f"{report.samples} random inputs" if report.random_inputs else samples(report)
+    table = _table(f"{report.candidate} on {given}", ("output", "shape", "NaN/Inf"), ("output",))
+    for out in report.ran:
+        table.add_row(escape(out.name), str(out.shape), str(out.nonfinite))
+    note = "the model file itself: run once, with no reference to compare it with"
+    parts: list[RenderableType] = [table, Text(note, style="dim")]
+    if report.accuracy_candidate is not None:
+        parts.append(Text(f"accuracy: {report.candidate} {report.accuracy_candidate:.2%}"))
     return Group(*parts)
 
 

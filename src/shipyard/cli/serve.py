@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from shipyard.cli.app import app, console
+from shipyard.cli.options import (
+    InstancesOpt,
+    MaxBatchOpt,
+    NameOpt,
+    QueueDelayOpt,
+    ThreadsOpt,
+    serving_options,
+)
 from shipyard.errors import InputError
 
 if TYPE_CHECKING:  # the web stack loads only when the server runs
@@ -21,8 +30,8 @@ def serve(
         Path,
         typer.Argument(
             help="A model repository (<model>/<version>/shipyard.json), one model folder "
-            "(<version>/shipyard.json) or one package folder (shipyard.json); a model or "
-            "package folder is served alone.",
+            "(<version>/shipyard.json), one package folder (shipyard.json), or one model "
+            "file (.onnx, .tflite, OpenVINO .xml); all but a repository are served alone.",
         ),
     ],
     host: Annotated[
@@ -89,8 +98,17 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(help="Connections served at once; new requests get 503 beyond.")
     ] = 2048,
+    name: NameOpt = None,
+    max_batch_size: MaxBatchOpt = None,
+    max_queue_delay_ms: QueueDelayOpt = None,
+    instances: InstancesOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC)."""
+    """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC).
+
+    A model file is packaged into a temporary folder first (removed on exit), as
+    shipyard package would; --name and the serving options apply to a model file only.
+    """
     from shipyard.serve import run_server
     from shipyard.serve.tls import Tls
 
@@ -99,6 +117,19 @@ def serve(
     if tls_client_ca is not None and tls_cert is None:
         raise InputError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS)")
     tls = Tls(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
+    serving = serving_options(
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        instances=instances,
+        threads=threads,
+    )
+    given = ["--name"] * (name is not None) + [f"--{k.replace('_', '-')}" for k in serving]
+    if given and not _is_model_file(path):
+        raise InputError(
+            f"{', '.join(given)} apply to a model file; {path} is a folder, whose packages "
+            f"carry their name and serving settings in shipyard.json"
+        )
+
     bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     address = f"{'https' if tls else 'http'}://{bracketed}:{port}"
 
@@ -110,24 +141,59 @@ def serve(
             grpc = f", gRPC{' (TLS)' if tls else ''} {bracketed}:{startup.grpc_port}"
         console.print(render.serving(startup, f"serving on {address}{grpc}"))
 
-    # Tokens come from the environment by default: command lines are visible to local users.
-    run_server(
-        path,
-        host,
-        port,
-        auth_token=token,
-        admin_token=admin_token,
-        watch_seconds=watch,
-        max_body_bytes=int(max_body_mb * 2**20),
-        log_level=log_level,
-        grpc_port=grpc_port,
-        strict=strict,
-        on_loaded=show,
-        tls=tls,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        max_connections=max_connections,
+    def run(served: Path) -> None:
+        # Tokens come from the environment by default: command lines are visible to local users.
+        run_server(
+            served,
+            host,
+            port,
+            auth_token=token,
+            admin_token=admin_token,
+            watch_seconds=watch,
+            max_body_bytes=int(max_body_mb * 2**20),
+            log_level=log_level,
+            grpc_port=grpc_port,
+            strict=strict,
+            on_loaded=show,
+            tls=tls,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections=max_connections,
+        )
+
+    if not _is_model_file(path):
+        run(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="shipyard-serve-") as temporary:
+        run(_package_for_serving(path, Path(temporary), name, serving))
+
+
+def _is_model_file(path: Path) -> bool:
+    """A file, or a path that does not exist but is named as a model file would be (so that
+    its error says the file is missing rather than that it is no folder)."""
+    from shipyard.sources import MODEL_FILES
+
+    named = path.suffix.lower() in {*MODEL_FILES, ".bin"}
+    return path.is_file() or (named and not path.exists())
+
+
+def _package_for_serving(
+    path: Path, folder: Path, name: str | None, serving: dict[str, Any]
+) -> Path:
+    """Package model file ``path`` into ``folder``; return the package folder. Its one run
+    is on two random inputs and it is not benchmarked, so that the server starts soon."""
+    from shipyard.build import build
+    from shipyard.model_file import file_recipe
+
+    recipe = file_recipe(path, name=name, serving=serving, samples=2)
+    result = build(recipe, folder, run_bench=False)
+    console.print(
+        f"[green]✓[/] packaged {escape(str(path))} as model {escape(recipe.name)!r} version "
+        f"{recipe.version} in a temporary folder, removed on exit "
+        f"[dim]({result.seconds:.1f} s)[/]",
+        highlight=False,
     )
+    return result.package_dir
 
 
 @app.command()

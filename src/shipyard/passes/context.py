@@ -46,13 +46,20 @@ def torch_source(artifact: Artifact, reference: Artifact | None, what: str) -> A
     ``artifact`` itself when it is a module (after ``prune``/``finetune``, or the model);
     ``reference`` (the recipe's model) when ``artifact`` is a file made from it by file-level
     passes only (those whose registry entry ``makes`` a file: they leave the module as it
-    was). After any other pass that module is gone: PassError, naming ``what``.
+    was). After any other pass that module is gone, and a model file has none: PassError,
+    naming ``what``.
     """
     # Imported here: the registry imports the passes, and the passes import this module.
     from shipyard.passes import PASSES
 
     if artifact.format == "torch":
         return artifact
+    if reference is not None and reference.format != "torch":
+        raise PassError(
+            f"{what} needs a PyTorch model, but the recipe's model is a model file "
+            f"({reference.describe()}); give the PyTorch model as model: source:, or use a "
+            f"step that starts from the file (quantize, convert_openvino from ONNX)"
+        )
     base = len(reference.provenance) if reference is not None else 0
     steps = artifact.provenance[base:]
     if (

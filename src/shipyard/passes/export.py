@@ -181,8 +181,13 @@ def export_onnx(
     Dynamic dims of the signature become dynamic ONNX dims with the same names.
     """
     config = config or ExportConfig()
-    if artifact.format == "onnx":
-        raise ExportError(f"{artifact.describe()} is already ONNX")
+    if artifact.format != "torch":
+        raise ExportError(
+            f"export makes an ONNX file from a PyTorch model, but {artifact.describe()} is "
+            f"already a model file: in a recipe, drop the export step (a model "
+            f"file is packaged as it is when no step makes another; quantize and "
+            f"convert_openvino start from an ONNX file)"
+        )
     module = artifact.module
     assert module is not None
     signature = artifact.signature

@@ -37,20 +37,27 @@ def candidate_rows(
         }
 
     first = reports[0] if reports else None
+    # A model file packaged as it is is its own reference: one row, with the accuracy of its
+    # one run (run_alone), and no comparison of it with itself.
+    accuracy = (
+        (first.accuracy_reference if first.parity else first.accuracy_candidate) if first else None
+    )
     rows = [
         {
             "name": reference.name,
             "baseline": True,
             "bytes": reference.size_bytes,
             "latency": latency(reference.name),
-            "accuracy": first.accuracy_reference if first else None,
-            "accuracy_drop": 0.0 if first and first.accuracy_reference is not None else None,
+            "accuracy": accuracy,
+            "accuracy_drop": 0.0 if accuracy is not None else None,
             "max_abs": 0.0,
             "passed": True,
             "chosen": chosen == reference.name,
         }
     ]
     for artifact, report in zip(artifacts, reports, strict=True):
+        if not report.parity:
+            continue
         rows.append(
             {
                 "name": artifact.name,

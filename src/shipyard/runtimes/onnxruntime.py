@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,38 @@ def onnx_signature(path: str | Path) -> Signature:
 
     inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
     return Signature(inputs=tuple(inputs), outputs=tuple(spec(v) for v in model.graph.output))
+
+
+def onnx_external_files(path: str | Path) -> list[str]:
+    """The external data files an ONNX file refers to, as written in it (relative to its
+    folder, in order of first use): the files that must travel with it."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise SourceError(f"{path} is not a readable ONNX model: {error}") from error
+    files: dict[str, None] = {}
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            files[entries["location"]] = None
+    return list(files)
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of ``graph``: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in [
+                *([attribute.g] if attribute.HasField("g") else []),
+                *attribute.graphs,
+            ]:
+                yield from _tensors(subgraph)
 
 
 class OrtSession(Session):

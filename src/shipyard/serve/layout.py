@@ -102,6 +102,11 @@ def _holds_versions(folder: Path) -> bool:
 def find_layout(path: str | Path) -> Layout:
     """The layout of folder ``path``; RepositoryError saying what to pass when it is none."""
     folder = Path(path).resolve()
+    if folder.is_file():  # the server serves packages; the CLI packages a model file first
+        raise RepositoryError(
+            f"{path} is a file, not a folder: {_WHAT_TO_PASS}; package a model file first "
+            f"(shipyard package FILE -o REPO), or serve it with shipyard serve FILE, which does"
+        )
     if not folder.is_dir():
         raise RepositoryError(f"{path} is not a folder: {_WHAT_TO_PASS}")
     if (folder / MANIFEST).is_file():
