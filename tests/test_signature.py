@@ -93,3 +93,39 @@ def test_finite_inputs_refuse_nan_and_inf_naming_the_input() -> None:
     lenient.check_inputs({"x": np.full((1, 4), np.nan, np.float32)})
     with pytest.raises(ValueError, match="finite: true applies to float inputs"):
         TensorSpec(name="ids", dtype="int64", shape=("batch", 4), finite=True)
+
+
+def test_integer_ranges_are_checked_and_named() -> None:
+    signature = Signature(
+        inputs=(
+            TensorSpec(name="user", dtype="int64", shape=("batch",), range=(0, 942)),
+            TensorSpec(name="age", dtype="float32", shape=("batch", 1)),
+        )
+    )
+    feeds = signature.example_inputs(batch=64, seed=3)
+    assert feeds["user"].min() >= 0 and feeds["user"].max() <= 942
+    assert feeds["user"].max() > 99  # drawn from the range, not [0, 100)
+    signature.check_inputs(feeds)
+    feeds["user"][5] = 943
+    with pytest.raises(
+        InputError,
+        match=r"input 'user' holds 1 value\(s\) outside its range "
+        r"\[0, 942\] \(the first at flat index 5: 943\)",
+    ):
+        signature.check_inputs(feeds)
+    feeds["user"][5] = -1
+    with pytest.raises(InputError, match="flat index 5: -1"):
+        signature.check_inputs(feeds)
+    assert "user: int64[batch] in [0, 942]" in signature.describe_inputs()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"dtype": "float32", "range": (0, 1)}, "range applies to integer inputs"),
+        ({"dtype": "int64", "range": (5, 1)}, "the low end is above the high end"),
+    ],
+)
+def test_bad_ranges_are_refused(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TensorSpec(name="x", shape=(1,), **spec)  # type: ignore[arg-type]

@@ -48,6 +48,11 @@ class TensorSpec(BaseModel):
     # True: the model is not meant to see NaN or Inf in this input (an image, token ids as
     # floats); every Session and the server refuse such an input, naming it, before running.
     finite: bool = False
+    # [low, high], inclusive, for integer inputs such as embedding ids (``range: [0, 942]``):
+    # every Session and the server refuse a value outside it, naming the input, the value and
+    # its index. ONNX Runtime would otherwise fail deep in a Gather, or (some backends) read
+    # past the table and return a silently wrong score.
+    range: tuple[int, int] | None = None
 
     @field_validator("dtype")
     @classmethod
@@ -70,6 +75,20 @@ class TensorSpec(BaseModel):
         dtype = info.data.get("dtype")
         if value and dtype is not None and np.dtype(dtype).kind != "f":
             raise ValueError(f"finite: true applies to float inputs; this one is {dtype}")
+        return value
+
+    @field_validator("range")
+    @classmethod
+    def _integer_range(
+        cls, value: tuple[int, int] | None, info: ValidationInfo
+    ) -> tuple[int, int] | None:
+        if value is None:
+            return value
+        dtype = info.data.get("dtype")
+        if dtype is not None and np.dtype(dtype).kind not in "iu":
+            raise ValueError(f"range applies to integer inputs; this one is {dtype}")
+        if value[0] > value[1]:
+            raise ValueError(f"range [{value[0]}, {value[1]}]: the low end is above the high end")
         return value
 
     @field_validator("layout")
@@ -104,7 +123,9 @@ class TensorSpec(BaseModel):
 
     def describe(self) -> str:
         layout = f" {self.layout}" if self.layout else ""
-        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]{layout}"
+        bounds = f" in [{self.range[0]}, {self.range[1]}]" if self.range else ""
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]{layout}{bounds}"
 
 
 class Signature(BaseModel):
@@ -141,8 +162,9 @@ class Signature(BaseModel):
     ) -> dict[str, np.ndarray]:
         """Random inputs that satisfy the signature; every dynamic dim gets ``batch``.
 
-        Floats are standard normal; integers are drawn from [0, 100) so that token ids and
-        class indices stay in range for typical models.
+        Floats are standard normal; integers are drawn from the input's ``range`` when it
+        has one, else from [0, 100) so that token ids and class indices stay in range for
+        typical models.
         """
         rng = np.random.default_rng(seed)
         out: dict[str, np.ndarray] = {}
@@ -154,7 +176,8 @@ class Signature(BaseModel):
             elif dtype.kind == "b":
                 out[spec.name] = rng.integers(0, 2, shape).astype(dtype)
             else:
-                out[spec.name] = rng.integers(0, 100, shape).astype(dtype)
+                low, high = spec.range if spec.range is not None else (0, 99)
+                out[spec.name] = rng.integers(low, high + 1, shape).astype(dtype)
         return out
 
     def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
@@ -196,6 +219,15 @@ class Signature(BaseModel):
                             f"'{first_input}' but {got} in input '{spec.name}'"
                         )
                     bound.setdefault(want, (got, spec.name))
+            if spec.range is not None and array.size:
+                low, high = spec.range
+                if array.min() < low or array.max() > high:
+                    bad = np.flatnonzero((array < low) | (array > high))
+                    raise InputError(
+                        f"input '{spec.name}' holds {bad.size} value(s) outside its range "
+                        f"[{low}, {high}] (the first at flat index {bad[0]}: "
+                        f"{array.flat[bad[0]]}); this model has no entry for them"
+                    )
             if spec.finite and not np.isfinite(array).all():
                 bad = np.flatnonzero(~np.isfinite(array))
                 raise InputError(

@@ -53,3 +53,20 @@ class RowMean(torch.nn.Module):
 
 def row_mean() -> RowMean:
     return RowMean().eval()
+
+
+class EmbeddingBag(torch.nn.Module):
+    """``ids: int64[batch, seq]`` in [0, 9] -> ``[batch, 4]``: an embedding table, as a
+    recommender's, whose ids must stay in range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = torch.nn.Embedding(10, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids).mean(dim=1)
+
+
+def embedding_bag() -> EmbeddingBag:
+    return EmbeddingBag().eval()
