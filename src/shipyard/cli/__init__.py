@@ -4,10 +4,11 @@
 - ``verbs``: export and the one-off pass verbs (prune, finetune, quantize, convert)
 - ``compare``: validate, compare, bench
 - ``serve``: serve, inspect, report
+- ``sign``: sign, verify
 - ``render``: every table the commands print; ``options``: options they share.
 """
 
-from shipyard.cli import build, compare, serve, verbs
+from shipyard.cli import build, compare, serve, sign, verbs
 from shipyard.cli.app import app, main
 
-__all__ = ["app", "build", "compare", "main", "serve", "verbs"]
+__all__ = ["app", "build", "compare", "main", "serve", "sign", "verbs"]
