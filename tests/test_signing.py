@@ -41,9 +41,7 @@ def make_key(folder: Path, name: str, password: bytes | None = None) -> tuple[Pa
     )
     private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
     private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     )
     public.write_bytes(
         key.public_key().public_bytes(
@@ -63,7 +61,9 @@ def openssl_fingerprint(public: Path) -> str:
 
 
 def build_tiny(output: Path, version: int = 3, sign: str = "") -> Path:
-    recipe = parse_recipe(TINY.format(atol=1e-4).replace("version: 3", f"version: {version}") + sign)
+    recipe = parse_recipe(
+        TINY.format(atol=1e-4).replace("version: 3", f"version: {version}") + sign
+    )
     return shipyard.build(recipe, output, run_bench=False).package_dir
 
 
@@ -222,7 +222,9 @@ def test_an_encrypted_key_takes_its_password_from_the_environment(
 ) -> None:
     private, public = make_key(tmp_path, "locked", password=b"correct horse")
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
-    with pytest.raises(SigningError, match=f"not given but private key is encrypted.*{PASSWORD_ENV}"):
+    with pytest.raises(
+        SigningError, match=f"not given but private key is encrypted.*{PASSWORD_ENV}"
+    ):
         sign_package(signed, private)
     monkeypatch.setenv(PASSWORD_ENV, "correct horse")
     assert sign_package(signed, private).signer == openssl_fingerprint(public)
