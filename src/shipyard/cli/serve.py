@@ -89,6 +89,15 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(help="Connections served at once; new requests get 503 beyond.")
     ] = 2048,
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SHIPYARD_VERIFY_KEY",
+            show_default=False,
+            help="Public key (PEM): serve only versions whose model.sig it verifies; others are "
+            "refused, with the reason in /v2/repository/index (env SHIPYARD_VERIFY_KEY).",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC)."""
     from shipyard.serve import run_server
@@ -127,6 +136,7 @@ def serve(
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         max_connections=max_connections,
+        verify_key=verify_key,
     )
 
 
