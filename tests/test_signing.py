@@ -282,6 +282,8 @@ def test_a_certificate_signature_verifies_against_its_chain_only(
     _certificate(tmp_path, "other-ca", None)
     with pytest.raises(SigningError, match="is not the certificate of the key"):
         signing_identity(tmp_path / "other-ca.pem", tmp_path / "release-team.crt")
+    with pytest.raises(SigningError, match="needs its chain"):
+        signing_identity(tmp_path / "release-team.pem", tmp_path / "release-team.crt")
     sign_package(
         signed,
         tmp_path / "release-team.pem",

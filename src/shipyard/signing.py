@@ -222,9 +222,21 @@ def signing_identity(
         raise SigningError(f"{path} is not a PEM certificate ({error})") from None
     if loaded.public_key() != private.public_key():
         raise SigningError(f"the certificate {path} is not the certificate of the key {key}")
-    for item in certificate_chain:
-        _read(Path(item), "certificate chain file")
+    if not certificate_chain:  # model-signing 1.0.1 fails on an empty chain
+        raise SigningError("a signing certificate needs its chain: the certificates up to a root")
+    _certificates(certificate_chain)
     return _certificate_identity(loaded)
+
+
+def _certificates(paths: Sequence[str | Path]) -> None:
+    """SigningError unless every file holds PEM certificates."""
+    from cryptography import x509
+
+    for path in map(Path, paths):
+        try:
+            x509.load_pem_x509_certificates(_read(path, "certificate chain file"))
+        except ValueError as error:
+            raise SigningError(f"{path} holds no PEM certificate ({error})") from None
 
 
 def sign_package(
@@ -297,13 +309,7 @@ class PackageVerifier:
             self.fingerprint: str | None = fingerprint(_public_key(self.key))
             self.trusted = f"key {self.fingerprint} ({self.key})"
         else:
-            from cryptography import x509
-
-            for path in self.chain:
-                try:
-                    x509.load_pem_x509_certificates(_read(path, "certificate chain file"))
-                except ValueError as error:
-                    raise SigningError(f"{path} holds no PEM certificate ({error})") from None
+            _certificates(self.chain)
             self.fingerprint = None
             self.trusted = "certificates chaining to " + ", ".join(map(str, self.chain))
 
