@@ -36,6 +36,7 @@ from shipyard.passes.context import PassContext
 from shipyard.recipe import Recipe, default_recipe_path, load_recipe
 from shipyard.report import candidate_rows, write_report
 from shipyard.runtimes import default_backend
+from shipyard.signing import sign_package, signing_identity
 from shipyard.sources import load_model
 from shipyard.validate import Gates, ValidationReport, run_alone, validate
 
@@ -98,6 +99,8 @@ def prepare(
     """Check the output and the extras first (fast failure), then load the model and the
     data sets."""
     preflight(output, recipe.name, recipe.version, overwrite)
+    if recipe.sign is not None:
+        signing_identity(**_sign_options(recipe))  # a key that cannot sign fails now
     for step in recipe.passes:
         PASSES[step.name].check_extra()
     weights = recipe.resolve(recipe.model.weights) if recipe.model.weights else None
@@ -180,7 +183,8 @@ def finish_package(
     extra: dict[str, Any] | None = None,
     default: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write the report and ``shipyard.json``; return the manifest as written.
+    """Write the report and ``shipyard.json``, and ``model.sig`` when the recipe says
+    ``sign:``; return the manifest as written.
 
     The manifest's hashes cover every file but the reports (see ``package.REPORT_FILES``).
     ``default``: (artifact, why) to serve; default :func:`choose_default`'s rule.
@@ -208,7 +212,21 @@ def finish_package(
         reference, packaged, reports, bench_report, chosen
     )
     write_report(folder, manifest)
-    return seal(folder, manifest)
+    written = seal(folder, manifest)
+    if recipe.sign is not None:  # in staging: no unsigned version ever appears
+        sign_package(folder, **_sign_options(recipe))
+    return written
+
+
+def _sign_options(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's ``sign:`` section as :func:`~shipyard.signing.sign_package` options."""
+    assert recipe.sign is not None
+    settings = recipe.sign
+    return {
+        "key": recipe.resolve(settings.key),
+        "certificate": recipe.resolve(settings.certificate) if settings.certificate else None,
+        "certificate_chain": [recipe.resolve(path) for path in settings.certificate_chain],
+    }
 
 
 def check_served_artifact(recipe: Recipe, made: Sequence[Artifact]) -> None:

@@ -81,6 +81,16 @@ class PackageError(ShipyardError):
     """A package or output folder cannot be written or read."""
 
 
+class SigningError(ShipyardError):
+    """A key or certificate cannot be used to sign or verify: unreadable, not PEM, not an
+    elliptic-curve key, or a certificate that does not belong to the key."""
+
+
+class VerificationError(ShipyardError):
+    """A package fails its signature check: no ``model.sig``, a signature another key made,
+    or files that differ from the signed ones (the message names them)."""
+
+
 class ComparisonError(ShipyardError):
     """Two artifacts cannot be compared: their outputs differ in count or shape, so the
     candidate does not compute what the reference does (a different model, or a conversion

@@ -178,6 +178,17 @@ class OptimizeSettings(_Strict):
         return value
 
 
+class SignSettings(_Strict):
+    """``sign: {key: private.pem}``: sign the package (``model.sig``, see ``signing.py``)
+    before its version folder appears. ``certificate`` (and ``certificate_chain``): the key's
+    signing certificate (and the certificates up to a root), carried in the signature.
+    Paths are relative to the recipe."""
+
+    key: str
+    certificate: str | None = None
+    certificate_chain: list[str] = Field(default_factory=list)
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(default=1, ge=1)
@@ -191,6 +202,9 @@ class Recipe(_Strict):
     bench: BenchSettings = Field(default_factory=BenchSettings)
     optimize: OptimizeSettings | None = None  # `optimize: auto` = the default search
     serve: ServingConfig = Field(default_factory=ServingConfig)  # written to the manifest
+    # Not in the manifest's copy of the recipe: key paths belong to the signing machine, not
+    # to how the model was made.
+    sign: SignSettings | None = Field(default=None, exclude=True)
 
     @field_validator("optimize", mode="before")
     @classmethod

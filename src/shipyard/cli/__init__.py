@@ -5,10 +5,11 @@
 - ``verbs``: export and the one-off pass verbs (prune, finetune, quantize, convert)
 - ``compare``: validate, compare, bench
 - ``serve``: serve, inspect, report
+- ``sign``: sign, verify
 - ``render``: every table the commands print; ``options``: options they share.
 """
 
-from shipyard.cli import build, compare, package, serve, verbs
+from shipyard.cli import build, compare, package, serve, sign, verbs
 from shipyard.cli.app import app, main
 
-__all__ = ["app", "build", "compare", "main", "package", "serve", "verbs"]
+__all__ = ["app", "build", "compare", "main", "package", "serve", "sign", "verbs"]

@@ -1,7 +1,8 @@
 """The Typer app every command registers on, the consoles, and the entry point.
 
 Errors print as one line on stderr with a non-zero exit; ``--debug`` shows the traceback.
-Exit codes: 0 success, 1 a validation gate failed, 2 bad input or usage, 3 internal error.
+Exit codes: 0 success, 1 a validation gate or a signature check failed, 2 bad input or usage,
+3 internal error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from shipyard.errors import GateError, ShipyardError
+from shipyard.errors import GateError, ShipyardError, VerificationError
 from shipyard.problems import describe
 
 app = typer.Typer(
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        return 1 if isinstance(error, GateError) else 2
+        return 1 if isinstance(error, GateError | VerificationError) else 2
     except ValidationError as error:  # an option value a config refused: the user's to fix
         if debug:
             traceback.print_exc()

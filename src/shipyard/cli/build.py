@@ -15,6 +15,18 @@ from shipyard.cli.options import JsonOpt, OutputOpt, OverwriteOpt, RecipeArg, Ve
 from shipyard.errors import GateError, InputError
 from shipyard.events import Stage, StepEvent
 
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key",
+        envvar="SHIPYARD_SIGN_KEY",
+        show_default=False,
+        help="Sign the package with this elliptic-curve private key (PEM): model.sig, "
+        "written before the version folder appears; replaces the recipe's sign: section "
+        "(env SHIPYARD_SIGN_KEY; an encrypted key's password: env SHIPYARD_SIGN_KEY_PASSWORD).",
+    ),
+]
+
 
 @app.command()
 def build(
@@ -27,13 +39,14 @@ def build(
         bool, typer.Option("--no-finetune", help="Allow structured pruning without fine-tuning.")
     ] = False,
     as_json: JsonOpt = False,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Run a recipe and write the package OUTPUT/<model>/<version>/."""
     from shipyard.build import as_recipe
     from shipyard.build import build as run_build
     from shipyard.optimize import optimize as run_optimize
 
-    loaded = with_version(as_recipe(recipe), version)
+    loaded = with_signing(with_version(as_recipe(recipe), version), sign_key)
     if no_finetune:  # the user accepts the accuracy loss of pruning without retraining
         for step in loaded.passes:
             if step.name == "prune":
@@ -86,6 +99,7 @@ def optimize(
     version: VersionOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Search prune/quantize candidates, measured here; package the best that passes the gates.
 
@@ -100,7 +114,7 @@ def optimize(
     from shipyard.problems import describe
     from shipyard.recipe import OptimizeSettings
 
-    loaded = with_version(as_recipe(recipe), version)
+    loaded = with_signing(with_version(as_recipe(recipe), version), sign_key)
     values = (loaded.optimize or OptimizeSettings()).model_dump()
     overrides = {"budget": budget, "objective": objective, "batch_size": batch_size}
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -158,6 +172,15 @@ def with_version(recipe: Any, version: int | None) -> Any:
     return recipe.model_copy(update={"version": version})
 
 
+def with_signing(recipe: Any, key: Path | None) -> Any:
+    """The recipe signed with ``key`` (``--sign-key``) instead of its own ``sign:``."""
+    if key is None:
+        return recipe
+    from shipyard.recipe import SignSettings
+
+    return recipe.model_copy(update={"sign": SignSettings(key=str(key.resolve()))})
+
+
 def print_result(result: Any, as_json: bool) -> None:
     """A build's validation tables, candidates or bench tables, and where the package is."""
     if as_json:
@@ -175,6 +198,11 @@ def print_result(result: Any, as_json: bool) -> None:
     if default is not None:
         reason = result.manifest.get("default_artifact_reason", "")
         console.print(f"[bold]serves[/] {escape(default)}: {escape(reason)}", highlight=False)
+    if result.recipe.sign is not None:
+        from shipyard.signing import SIGNATURE_FILE
+
+        signature = result.package_dir / SIGNATURE_FILE
+        console.print(f"[bold]signed[/] {escape(str(signature))}", highlight=False)
     console.print(
         f"[bold]package[/] {escape(str(result.package_dir))} ({result.seconds:.1f} s); "
         f"report {escape(str(result.package_dir / 'report.md'))}",

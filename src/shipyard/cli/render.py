@@ -224,7 +224,8 @@ def serving(startup: Startup, addresses: str) -> RenderableType:
             escape(served.artifact_reason),
             served.backend,
             batching,
-            f"[green]{row.state.value}[/]",
+            f"[green]{row.state.value}[/]"
+            + (f", signed by {escape(served.signed_by)}" if served.signed_by else ""),
         )
     table.caption = escape(addresses)
     return table

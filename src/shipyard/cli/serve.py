@@ -103,6 +103,15 @@ def serve(
     max_queue_delay_ms: QueueDelayOpt = None,
     instances: InstancesOpt = None,
     threads: ThreadsOpt = None,
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SHIPYARD_VERIFY_KEY",
+            show_default=False,
+            help="Public key (PEM): serve only versions whose model.sig it verifies; others are "
+            "refused, with the reason in /v2/repository/index (env SHIPYARD_VERIFY_KEY).",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC).
 
@@ -159,6 +168,7 @@ def serve(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
             max_connections=max_connections,
+            verify_key=verify_key,
         )
 
     if not _is_model_file(path):

@@ -52,6 +52,7 @@ def run_server(
     header_timeout: float = 10.0,
     body_timeout: float = 30.0,
     max_connections: int = 2048,
+    verify_key: str | Path | None = None,
 ) -> None:
     """Serve ``repository`` on ``host:port`` until SIGINT/SIGTERM, then drain and return.
 
@@ -73,6 +74,8 @@ def run_server(
     ``header_timeout`` seconds after it opened (or after its last response) is closed; a body
     that takes longer than ``body_timeout`` gets 408; beyond ``max_connections`` connections
     (or requests in progress) new requests get 503.
+    ``verify_key``: serve only versions whose ``model.sig`` this public key (PEM) verifies
+    (see :func:`~shipyard.serve.app.create_app`).
     Raises RepositoryError (one line, saying what to pass or what failed) when ``repository``
     is not a folder, or with ``strict``, before serving anything.
     """
@@ -92,6 +95,7 @@ def run_server(
         on_loaded=on_loaded,
         tls=tls,
         body_timeout=body_timeout,
+        verify_key=verify_key,
     )
 
     class LoadFirst(uvicorn.Server):

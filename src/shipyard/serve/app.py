@@ -46,7 +46,7 @@ from shipyard.serve.infer import (
 )
 from shipyard.serve.layout import Layout, find_layout, suggest
 from shipyard.serve.metrics import ServeMetrics
-from shipyard.serve.repository import Repository, VersionRow, check_name
+from shipyard.serve.repository import LoadFailed, Repository, VersionRow, check_name
 from shipyard.serve.tls import Tls
 
 logger = logging.getLogger(__name__)
@@ -243,7 +243,11 @@ class _Server:
         parameters = (await self._options(request)).get("parameters") or {}
         if parameters.get("config") or any(str(k).startswith("file:") for k in parameters):
             raise BadRequest("loading with an override config or files is not supported")
-        versions = await self.repository.load(name)
+        try:
+            versions = await self.repository.load(name)
+        except LoadFailed as error:  # logged as startup and --watch log theirs
+            logger.warning("model %s: %s", name, error)
+            raise
         return _json({"name": name, "versions": [str(v) for v in versions]})
 
     async def unload(self, request: Request) -> Response:
@@ -287,6 +291,7 @@ def create_app(
     on_loaded: Callable[[Startup], None] | None = None,
     tls: Tls | None = None,
     body_timeout: float = BODY_TIMEOUT,
+    verify_key: str | Path | None = None,
 ) -> V2App:
     """The V2 server (an ASGI app) over ``repository``: a model repository folder, one model
     folder or one package folder (:mod:`shipyard.serve.layout`; a model or package folder is
@@ -307,10 +312,18 @@ def create_app(
     startup loads have finished (the CLI prints its table). ``body_timeout``: seconds a
     request body may take to arrive (408 past it). ``tls``: gRPC over TLS with these
     files (HTTPS is the ASGI server's part: ``run_server`` passes the same files to uvicorn).
+    ``verify_key``: a public key (PEM) every version's ``model.sig`` must verify with before it
+    loads (:mod:`shipyard.signing`); failures show in the index and the log, the config
+    endpoint names the signer (``parameters.signed_by``). SigningError: an unusable key.
     """
     if tls is not None:
         tls.check()
-    repo = Repository(find_layout(repository), ServeMetrics())
+    verifier = None
+    if verify_key is not None:
+        from shipyard.signing import PackageVerifier
+
+        verifier = PackageVerifier(verify_key)
+    repo = Repository(find_layout(repository), ServeMetrics(), verifier)
     dispatcher = Dispatcher(repo, auth_token, admin_token)
     server = _Server(dispatcher, max_body_bytes, strict, on_loaded, body_timeout)
 

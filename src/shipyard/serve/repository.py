@@ -3,7 +3,8 @@
 The root may also be one model folder or one package folder (:mod:`shipyard.serve.layout`);
 then only that model is served. Loading a model reads its version folders, applies the
 version policy (from the newest version's ``serving`` config), and for each chosen version:
-verifies the package (sha256), opens ``instances`` sessions, runs the signature's example
+checks its signature (with a verify key: an unsigned, tampered or foreign-signed version is
+refused), verifies the package (sha256), opens ``instances`` sessions, runs the signature's example
 inputs once (smoke test) and only then puts the version in service. A version that fails to
 load never replaces one that is serving: under ``latest: N`` the next older version that
 loads is served instead, and a failed reload of a serving version keeps the previous load.
@@ -35,6 +36,7 @@ from shipyard.serve.layout import NAME_PATTERN, VERSION_PATTERN, Layout, find_la
 from shipyard.serve.metrics import ServeMetrics
 from shipyard.serve.version import ModelVersion, manifest_digest, open_version
 from shipyard.serving import AllPolicy, LatestPolicy, ServingConfig, VersionPolicy
+from shipyard.signing import SIGNATURE_FILE, PackageVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +104,24 @@ class VersionRow:
     served: ModelVersion | None  # the version in service, None unless READY
 
 
-def _fingerprint(versions: dict[int, Path]) -> tuple[tuple[int, int, int, int], ...]:
-    """Cheap change detector for a model: each version's manifest inode, mtime, size."""
+Fingerprint = tuple[tuple[int, ...], ...]
+
+
+def _fingerprint(versions: dict[int, Path]) -> Fingerprint:
+    """Cheap change detector for a model: each version's manifest inode, mtime, size, and its
+    signature's mtime and size (a version signed in place loads on the next poll)."""
     prints = []
     for number, path in sorted(versions.items()):
         try:
             stat = (path / MANIFEST).stat()
         except OSError:
             continue
-        prints.append((number, stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        try:
+            signature = (path / SIGNATURE_FILE).stat()
+            signed = (signature.st_mtime_ns, signature.st_size)
+        except OSError:
+            signed = (0, 0)
+        prints.append((number, stat.st_ino, stat.st_mtime_ns, stat.st_size, *signed))
     return tuple(prints)
 
 
@@ -135,17 +146,24 @@ class Repository:
     """The models of ``root`` and their versions in service. Use inside one event loop.
 
     ``root``: a repository, model or package folder (see :mod:`shipyard.serve.layout`), or
-    its :class:`Layout`. Raises RepositoryError when it is not a folder.
+    its :class:`Layout`. Raises RepositoryError when it is not a folder. ``verifier``: every
+    version must pass its signature check before it loads.
     """
 
-    def __init__(self, root: str | Path | Layout, metrics: ServeMetrics | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path | Layout,
+        metrics: ServeMetrics | None = None,
+        verifier: PackageVerifier | None = None,
+    ) -> None:
         self.layout = root if isinstance(root, Layout) else find_layout(root)
         self.root = self.layout.path
         self.metrics = metrics or ServeMetrics()
+        self.verifier = verifier
         self._models: dict[str, _Model] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # model -> its folder's fingerprint when it was last loaded (for poll()).
-        self._prints: dict[str, tuple[tuple[int, int, int, int], ...]] = {}
+        self._prints: dict[str, Fingerprint] = {}
 
     # -- the hot path: memory only ------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelVersion:
@@ -306,7 +324,7 @@ class Repository:
                 return current, None
             if current is None:
                 model.status[number] = VersionStatus(State.LOADING, "loading")
-            opened = await asyncio.to_thread(open_version, folder)
+            opened = await asyncio.to_thread(open_version, folder, self.verifier)
         except Exception as error:
             detail = _detail(error)
             if current is not None:
@@ -331,7 +349,7 @@ class Repository:
         An explicitly unloaded model stays unloaded until its folder changes.
         """
 
-        def scan() -> dict[str, tuple[tuple[int, int, int, int], ...]]:
+        def scan() -> dict[str, Fingerprint]:
             names = set(self.model_names()) | set(self._prints)
             return {name: _fingerprint(self.layout.versions(name)) for name in names}
 

@@ -1,6 +1,7 @@
 """One model version in service: open a package, smoke-test it, describe it (V2 metadata).
 
-``open_version(folder)`` does the blocking part of a load (sha256 verification, opening
+``open_version(folder)`` does the blocking part of a load (the signature check when the server
+has a verify key, sha256 verification, opening
 ``instances`` sessions, one run of the signature's example inputs); the repository then puts
 the sessions behind a Batcher on the event loop and wraps all of it in a ``ModelVersion``.
 """
@@ -11,7 +12,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard.artifact import Artifact
 from shipyard.errors import ServingConfigError
@@ -22,6 +23,9 @@ from shipyard.serve.metrics import VersionMetrics
 from shipyard.serve.protocol import datatype_of
 from shipyard.serving import LatestPolicy, ServingConfig, SpecificPolicy
 from shipyard.signature import TensorSpec
+
+if TYPE_CHECKING:
+    from shipyard.signing import PackageVerifier
 
 # backend -> the "platform" V2 model metadata reports (Triton's names).
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
@@ -45,6 +49,7 @@ class OpenedVersion:
     digest: str
     seconds: float
     labels: list[str] | None = None  # class names, one per output index (postprocess: labels)
+    signed_by: str | None = None  # who signed it (a key fingerprint), when verified
 
 
 def read_labels(package: Package) -> list[str] | None:
@@ -84,6 +89,7 @@ class ModelVersion:
         self.artifact, self.artifact_reason = opened.artifact, opened.artifact_reason
         self.backend = opened.backend
         self.labels = opened.labels
+        self.signed_by = opened.signed_by
         self.platform = _PLATFORMS.get(opened.backend, opened.backend)
         self.inputs = [_tensor_metadata(s) for s in self.signature.inputs]
         self.outputs = [_tensor_metadata(s) for s in self.signature.outputs]
@@ -144,6 +150,7 @@ class ModelVersion:
                 "threads": {"string_value": str(config.threads)},
                 "artifact": {"string_value": self.artifact.name},
                 "artifact_reason": {"string_value": self.artifact_reason},
+                **({"signed_by": {"string_value": self.signed_by}} if self.signed_by else {}),
             },
         }
 
@@ -182,9 +189,14 @@ def _backend(package: Package, artifact: Artifact) -> str:
     return entry.get("backend") or ("onnxruntime" if artifact.format == "onnx" else "")
 
 
-def open_version(folder: Path) -> OpenedVersion:
-    """Blocking: verify the package, open its sessions and smoke-test them."""
+def open_version(folder: Path, verifier: PackageVerifier | None = None) -> OpenedVersion:
+    """Blocking: verify the package, open its sessions and smoke-test them.
+
+    ``verifier``: check the package's signature first; VerificationError refuses it before
+    any of its files is parsed.
+    """
     started = time.perf_counter()
+    signed_by = verifier.verify(folder).signer if verifier is not None else None
     digest = manifest_digest(folder)
     package = load_package(folder, verify=True)
     config = ServingConfig.from_manifest(package.manifest)
@@ -209,4 +221,6 @@ def open_version(folder: Path) -> OpenedVersion:
         raise
     labels = read_labels(package)
     seconds = time.perf_counter() - started
-    return OpenedVersion(package, config, sessions, artifact, why, backend, digest, seconds, labels)
+    return OpenedVersion(
+        package, config, sessions, artifact, why, backend, digest, seconds, labels, signed_by
+    )
