@@ -151,10 +151,20 @@ def _numbers_close(a: str, b: str) -> bool:
     return abs(x - y) <= max(0.05, 0.02 * max(abs(x), abs(y)))
 
 
+# Table columns widen with their numbers, and wrapped lines break elsewhere: in the masked
+# modes, runs of spaces (line breaks included) and of one box-drawing character count once.
+_SPACE = re.compile(r"\s+")
+_RULE = re.compile(r"([─━═│┃])\1+")
+
+
+def _masked(text: str) -> str:
+    return _RULE.sub(r"\1", _SPACE.sub(" ", NUMBER.sub("#", text)))
+
+
 def matches(mode: str, shown: str, produced: str) -> bool:
     if mode == "exact":
         return shown == produced
-    masked = (NUMBER.sub("#", shown), NUMBER.sub("#", produced))
+    masked = (_masked(shown), _masked(produced))
     if masked[0] != masked[1]:
         return False
     if mode == "shape":
