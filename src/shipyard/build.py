@@ -20,6 +20,7 @@ from typing import Any
 
 from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport, bench
+from shipyard.build_processing import check_processing, package_processing
 from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
 from shipyard.events import Stage, StepCallback, StepEvent
@@ -103,9 +104,11 @@ def prepare(
         name="torch",
     )
     steps(Stage.LOAD, f"loaded {recipe.model.source}")
+    check_processing(recipe, reference.signature)
     sources = recipe.data.model_dump(exclude_none=True)
     data = {
-        role: load_data(recipe.resolve(spec), reference.signature) for role, spec in sources.items()
+        role: load_data(recipe.resolve(spec), reference.signature, preprocess=recipe.preprocess)
+        for role, spec in sources.items()
     }
     if data:
         steps(Stage.LOAD, "loaded data: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()))
@@ -118,8 +121,10 @@ def validate_artifact(
     artifact: Artifact,
     data: dict[str, Dataset],
     gates: Gates | None = None,
+    reference_cache: dict[str, Any] | None = None,
 ) -> ValidationReport:
-    """Validate ``artifact`` against ``reference`` with ``gates`` (default: the recipe's)."""
+    """Validate ``artifact`` against ``reference`` with ``gates`` (default: the recipe's);
+    ``reference_cache``: see ``validate`` (the reference runs once for all artifacts)."""
     settings = recipe.validate_
     return validate(
         reference,
@@ -129,6 +134,7 @@ def validate_artifact(
         samples=settings.samples,
         batch_size=settings.batch_size,
         task=recipe.task,
+        reference_cache=reference_cache,
     )
 
 
@@ -324,9 +330,11 @@ def build(
         context = PassContext(workdir=folder, reference=reference, data=data)
         produced, gates = run_passes(recipe, reference, context, steps)
         check_served_artifact(recipe, produced)
-        reports = []
+        reports: list[ValidationReport] = []
+        cache: dict[str, Any] = {}  # the reference's outputs: it runs once for all artifacts
         for artifact in produced:
-            report = validate_artifact(recipe, reference, artifact, data, gates.get(artifact.name))
+            gate = gates.get(artifact.name)
+            report = validate_artifact(recipe, reference, artifact, data, gate, cache)
             reports.append(report)
             steps(Stage.VALIDATE, f"validated {artifact.name}")
             if not report.passed:
@@ -336,7 +344,10 @@ def build(
         if run_bench if run_bench is not None else recipe.bench.enabled:
             bench_report = measure(recipe, [reference, *produced])
             steps(Stage.BENCH, "benchmarked " + ", ".join(a.name for a in [reference, *produced]))
-        manifest = finish_package(folder, recipe, reference, produced, reports, bench_report)
+        extra = package_processing(recipe, folder, [reference, *produced], data)
+        manifest = finish_package(
+            folder, recipe, reference, produced, reports, bench_report, extra=extra
+        )
     package_dir = output / recipe.name / str(recipe.version)
     return BuildResult(
         recipe,
