@@ -2,13 +2,17 @@
 
 Each variant turns JPEG bytes into an RGB uint8 array whose shorter side is 256 pixels (what
 ``processing/image.py`` does before its centre crop): decode, colour conversion, resize.
+``shipyard`` is ``shipyard.processing.preprocess`` itself (Pillow; resize before taking the
+array, with ``reducing_gap``); ``pillow`` decodes to an array first, then resizes exactly.
 The JPEGs are the real photos that ship inside installed wheels (scikit-learn's china.jpg and
 flower.jpg, matplotlib's grace_hopper.jpg, scikit-image's rocket.jpg), plus china.jpg
 re-encoded at 4000x2667 (quality 90), the size of a phone photo, since uploads are that big.
 One thread everywhere (Pillow and simplejpeg use one; OpenCV is told ``setNumThreads(1)``),
 variants interleaved in each round, median per variant. ``diff`` is the mean absolute pixel
-difference from the Pillow result (0-255). Usage::
+difference from the Pillow result (0-255). simplejpeg and OpenCV are not dependencies of
+Shipyard; variants whose library is missing are left out. Usage::
 
+    pip install simplejpeg opencv-python-headless     # for their variants
     OMP_NUM_THREADS=1 python benchmarks/image_decode.py [--rounds 30]
 """
 
@@ -19,12 +23,15 @@ import io
 import statistics
 import time
 from collections.abc import Callable
+from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from shipyard.hardware import hardware_fingerprint
+from shipyard.processing import ImagePreprocess, preprocess
 
 SHORT_SIDE = 256
 
@@ -51,6 +58,13 @@ def _jpegs() -> dict[str, bytes]:
 def _target(height: int, width: int) -> tuple[int, int]:
     scale = SHORT_SIDE / min(height, width)
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+SHIPYARD = ImagePreprocess(resize=SHORT_SIDE, layout="NHWC", dtype="uint8")
+
+
+def shipyard(data: bytes) -> np.ndarray:
+    return preprocess([data], SHIPYARD)[0]
 
 
 def pillow(data: bytes) -> np.ndarray:
@@ -103,6 +117,7 @@ def opencv_linear(data: bytes) -> np.ndarray:
 
 VARIANTS: dict[str, Callable[[bytes], np.ndarray]] = {
     "pillow": pillow,
+    "shipyard": shipyard,
     "pillow+draft": pillow_reduce,
     "simplejpeg+pillow": simplejpeg_pillow,
     "simplejpeg+cv2 area": simplejpeg_cv2_area,
@@ -111,26 +126,46 @@ VARIANTS: dict[str, Callable[[bytes], np.ndarray]] = {
 }
 
 
+def available() -> dict[str, Callable[[bytes], np.ndarray]]:
+    """The variants whose libraries are installed (OpenCV told to use one thread)."""
+    has_cv2, has_simplejpeg = find_spec("cv2") is not None, find_spec("simplejpeg") is not None
+    if has_cv2:
+        import cv2
+
+        cv2.setNumThreads(1)
+    return {
+        name: function
+        for name, function in VARIANTS.items()
+        if (has_cv2 or not ("cv2" in name or "opencv" in name))
+        and (has_simplejpeg or "simplejpeg" not in name)
+    }
+
+
 def measure(rounds: int) -> dict[str, dict[str, tuple[float, float]]]:
     """{image: {variant: (median ms, mean abs difference from pillow)}}."""
-    import cv2
-
-    cv2.setNumThreads(1)
+    variants = available()
     results: dict[str, dict[str, tuple[float, float]]] = {}
     for name, data in _jpegs().items():
         reference = pillow(data)
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        times: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(rounds):
-            for variant, function in VARIANTS.items():  # interleaved: drift hits all alike
+            for variant, function in variants.items():  # interleaved: drift hits all alike
                 started = time.perf_counter()
                 function(data)
                 times[variant].append((time.perf_counter() - started) * 1e3)
         results[name] = {}
-        for variant, function in VARIANTS.items():
+        for variant, function in variants.items():
             out = function(data)
             diff = float(np.abs(out.astype(np.int16) - reference).mean())
             results[name][variant] = (statistics.median(times[variant]), diff)
     return results
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def main() -> None:
@@ -139,15 +174,10 @@ def main() -> None:
     args = parser.parse_args()
     fingerprint = hardware_fingerprint()
     print(f"{fingerprint['cpu']}, ISA {', '.join(fingerprint['isa'])}; {args.rounds} rounds")
-    import cv2
-    import PIL
-    import simplejpeg
-
-    print(
-        f"Pillow {PIL.__version__}, simplejpeg {simplejpeg.__version__}, opencv {cv2.__version__}"
-    )
+    versions = {name: _version(name) for name in ("pillow", "simplejpeg", "opencv-python-headless")}
+    print(", ".join(f"{k} {v}" for k, v in versions.items()))
     results = measure(args.rounds)
-    variants = list(VARIANTS)
+    variants = list(next(iter(results.values())))
     print("| image | " + " | ".join(variants) + " |")
     print("|---|" + "---:|" * len(variants))
     for name, row in results.items():

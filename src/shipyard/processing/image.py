@@ -6,7 +6,7 @@ bench and the server all call it, so a model is validated on exactly the pixels 
 - ``decode(data)``: JPEG, PNG, WebP, GIF, BMP or TIFF bytes to an ``(H, W, 3)`` uint8 RGB
   array. Other formats are refused (Pillow can read some through external programs, e.g.
   EPS through Ghostscript). The size is read from the header and refused above
-  ``max_pixels`` *before* any pixel is decoded (a 100 kB PNG can declare 20,000 x 20,000
+  ``max_pixels`` *before* any pixel is decoded (a 60-byte PNG header can declare 20,000 x 20,000
   pixels: 1.2 GB once decoded). A truncated file is refused, not padded with grey. EXIF
   orientation is applied. Grayscale, palette, CMYK, 16-bit and alpha images become 8-bit
   RGB (16-bit values are scaled, not clipped; alpha is dropped).
@@ -14,12 +14,14 @@ bench and the server all call it, so a model is validated on exactly the pixels 
   shorter side, centre-crop, scale to [0, 1], subtract ``mean``, divide by ``std``, in the
   layout and dtype the model takes.
 
-Pillow does the work. Measured in ``benchmarks/image_decode.py`` (1 thread): on the bundled
-640x427 JPEGs decoding costs the same in Pillow, simplejpeg and OpenCV (~1.6-1.9 ms), and on
-a 4000x2667 photo Pillow's decode (20.5 ms) matches theirs as well; what costs is the resize
-(Pillow's exact bilinear 45 ms) and turning the full image into an array first. Resizing the
-Pillow image before taking its array, with ``reducing_gap`` (an integer box reduction first;
-0.19 grey levels from the exact filter), beats every simplejpeg/OpenCV variant there.
+Pillow does the work, chosen by measurement (``benchmarks/image_decode.py``, 1 thread,
+interleaved): on the bundled 427x640 JPEGs every variant takes 2-3 ms (OpenCV's area resize
+saves ~0.5 ms and gives other pixels); on a 4000x2667 photo this module's path (Pillow, the
+resize before the array, ``reducing_gap``) took 62 ms against 102 ms for Pillow decoding
+to an array first, 51-63 ms for simplejpeg or OpenCV with OpenCV's area resize, and 14 ms
+for Pillow's JPEG ``draft`` mode (DCT scaling: other pixels than a full decode, so the
+server would no longer see what validation saw). Pillow is already a dependency, reads
+every format above, reads the size before decoding and refuses truncated files with a reason.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ _FILTERS = {
 }
 # Pillow first shrinks by an integer factor with a box filter while the image stays at least
 # this many times the target, then filters exactly: 4000x2667 -> 384x256 took 14.7 ms instead
-# of 44.8, 0.19 grey levels (mean absolute) from the exact result (benchmarks/image_decode.py).
+# of 44.8, 0.19 grey levels (mean absolute) from the exact result.
 _REDUCING_GAP = 3.0
 _PALETTE_MODES = ("P", "PA")
 
@@ -176,7 +178,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         )
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: without an orientation tag the default returns a copy (18 ms at 12 MP).
+        ImageOps.exif_transpose(image, in_place=True)
     except MemoryError:
         raise
     except Exception as error:  # decoders raise OSError, SyntaxError, EOFError, zlib.error...
