@@ -15,6 +15,7 @@ from shipyard.artifact import sha256_file
 from shipyard.build import Steps, build, prepare
 from shipyard.errors import DataError, RecipeError
 from shipyard.examples.efficientnet import photo
+from shipyard.optimize import optimize
 from shipyard.package import load_package
 from shipyard.passes.export import export_onnx
 from shipyard.processing import Preprocess, preprocess
@@ -136,3 +137,12 @@ def test_a_preprocess_that_cannot_feed_the_model_is_refused(tmp_path: Path) -> N
     with pytest.raises(RecipeError, match=r"but input 'image' takes \['batch', 3, 16, 16\]"):
         build(write_recipe(tmp_path, unsigned + "\n"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_search_packages_the_processing_too(tmp_path: Path) -> None:
+    text = RECIPE + "optimize: {prune_levels: [], quantize: [dynamic_u8], batch_size: 2}\n"
+    result = optimize(write_recipe(tmp_path, text), tmp_path / "out")
+    manifest = load_package(result.package_dir).manifest
+    assert manifest["files"]["labels.txt"] == sha256_file(result.package_dir / "labels.txt")
+    assert manifest["postprocess"]["classes"] == 5 and "image" in manifest["preprocess"]
+    assert list(manifest["examples"]["predictions"]) == ["torch", result.artifacts[0].name]
