@@ -22,6 +22,7 @@ from shipyard.processing import Preprocess, preprocess
 from shipyard.recipe import load_recipe
 from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import torch_artifact
+from tests.test_cli import shipyard
 
 pytestmark = pytest.mark.skipif(
     find_spec("skimage") is None, reason="needs the 'pretrained' extra (scikit-image's photos)"
@@ -146,3 +147,13 @@ def test_a_search_packages_the_processing_too(tmp_path: Path) -> None:
     assert manifest["files"]["labels.txt"] == sha256_file(result.package_dir / "labels.txt")
     assert manifest["postprocess"]["classes"] == 5 and "image" in manifest["preprocess"]
     assert list(manifest["examples"]["predictions"]) == ["torch", result.artifacts[0].name]
+
+
+def test_the_build_command_prints_agreement_when_gates_judge_it(tmp_path: Path) -> None:
+    run = shipyard("build", write_recipe(tmp_path), "-o", tmp_path / "out", "--no-bench")
+    assert run.returncode == 0, run.stderr
+    assert (
+        "agreement [scores]: top-1 100.00%, top-5 100.00%, top-1 where torch is confident "
+        "(p >= 0.5): " in run.stdout
+    )
+    assert "min_top5_agreement [scores]: 1 (limit 1) ok" in run.stdout

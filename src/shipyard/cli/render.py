@@ -48,9 +48,15 @@ def samples(report: ValidationReport) -> str:
     return f"{report.samples} samples"
 
 
+_AGREEMENT_GATES = ("min_top5_agreement", "min_confident_top1_agreement")
+
+
 def agreement_lines(report: ValidationReport) -> list[str]:
     """Per classifier output: top-1 and top-5 agreement, and top-1 where the reference is
-    confident (its top-1 probability >= CONFIDENT)."""
+    confident (its top-1 probability >= CONFIDENT); printed when the gates judge agreement
+    (report.md always has them), so that other tables print as they did."""
+    if not any(gate.gate in _AGREEMENT_GATES for gate in report.gates):
+        return []
     lines = []
     for out in report.outputs:
         if out.top5_agreement is None:
