@@ -91,6 +91,10 @@ def test_the_pixel_limit_is_checked_from_the_header() -> None:
         decode(png(8000, 8000))
     with pytest.raises(ImageError, match="above the limit of 1,000"):
         decode(png(40, 40), max_pixels=1000)
+    small = ImagePreprocess(max_pixels=1000)  # arrays and Pillow images are held to it too
+    for image in (np.zeros((40, 40, 3), np.uint8), Image.new("RGB", (40, 40))):
+        with pytest.raises(ImageError, match="above the limit of 1,000"):
+            preprocess([image], small)
 
 
 def test_a_compressible_huge_image_is_refused() -> None:

@@ -121,7 +121,10 @@ class ImagePreprocess(BaseModel):
         """(height, width) of the crop, or None."""
         if self.crop is None:
             return None
-        return (self.crop, self.crop) if isinstance(self.crop, int) else tuple(self.crop)  # type: ignore[return-value]
+        if isinstance(self.crop, int):
+            return self.crop, self.crop
+        height, width = self.crop
+        return height, width
 
     def sample_shape(self) -> tuple[int, ...] | None:
         """The shape of one preprocessed image, e.g. (3, 224, 224); None without a crop."""
@@ -244,7 +247,9 @@ def _pixels(image: bytes | np.ndarray | Image.Image, config: ImagePreprocess) ->
     """One image resized and cropped, as an (H, W, 3) uint8 array."""
     if isinstance(image, np.ndarray):
         pil = _from_array(image, config.max_pixels)
-    elif isinstance(image, Image.Image):
+    elif isinstance(image, Image.Image):  # opened by the caller: still held to the limit
+        if image.width * image.height > config.max_pixels:
+            raise ImageError(f"image {image.size} is above the limit of {config.max_pixels:,}")
         pil = _to_rgb(image)
     else:
         pil = open_image(image, config.max_pixels)
