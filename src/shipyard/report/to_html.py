@@ -113,13 +113,13 @@ def to_html(report: Report) -> str:
         f'<details open><summary>Columns</summary><dl class="legend">{legend}</dl></details>'
         "</section>"
     )
+    if report.plots:
+        figures = "".join(_figure(plot) for plot in report.plots)
+        parts.append(f'<section><h2>Plots</h2><div class="plots">{figures}</div></section>')
     if report.agreement:
         parts.append(_agreement(report))
     if report.examples:
         parts.append(_examples(report))
-    if report.plots:
-        figures = "".join(_figure(plot) for plot in report.plots)
-        parts.append(f'<section><h2>Plots</h2><div class="plots">{figures}</div></section>')
     conditions = escape(report.conditions)
     parts.append(f'<section><h2>Conditions</h2><p class="conditions">{conditions}</p></section>')
     body = "\n".join(parts)
