@@ -40,9 +40,7 @@ class Gates(BaseModel):
     rtol: float | None = Field(default=None, ge=0)
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
-    # The reference's top-1 among the candidate's 5 best classes, over all samples.
-    min_top5_agreement: float | None = Field(default=None, ge=0, le=1)
-    # Top-1 agreement over the samples where the reference's top-1 probability >= CONFIDENT.
+    min_top5_agreement: float | None = Field(default=None, ge=0, le=1)  # see OutputComparison
     min_confident_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
 
@@ -72,9 +70,8 @@ class OutputComparison:
     nonfinite_reference: int
     nonfinite_candidate: int
     violations: int | None = None  # elements outside atol/rtol, when those gates are set
-    # Classifier outputs only: the reference's top-1 among the candidate's 5 best classes;
-    # top-1 agreement on the samples where the reference is confident (CONFIDENT), and how
-    # many those are (None: there were none).
+    # Classifier outputs: the reference's top-1 among the candidate's 5 best classes; top-1
+    # agreement where the reference is confident (CONFIDENT) and on how many samples.
     top5_agreement: float | None = None
     confident_top1_agreement: float | None = None
     confident_samples: int | None = None
@@ -346,19 +343,15 @@ def validate(
 
     Outputs are matched by position, so a renamed output still compares. With labels and
     ``task="classification"`` the first output's argmax gives each artifact's accuracy.
-    ``reference_cache``: the reference's outputs on these inputs; an empty dict is filled, so
-    that a caller validating several candidates on the same data and samples runs the
-    reference once (EfficientNet-Lite0 in PyTorch: ~20 s for 352 images here).
+    ``reference_cache``: the reference's outputs on these inputs (an empty dict is filled):
+    several candidates on the same data run the reference once (~20 s for EfficientNet).
     """
     gates = gates or Gates()
     random_inputs = data is None
     data = comparison_data(reference, data, samples, batch_size, seed)
-    if reference_cache:
-        ref_out = reference_cache
-    else:
-        ref_out = run_all(reference, data, batch_size, threads)
-        if reference_cache is not None:
-            reference_cache.update(ref_out)
+    ref_out = reference_cache or run_all(reference, data, batch_size, threads)
+    if reference_cache is not None and not reference_cache:
+        reference_cache.update(ref_out)
     cand_out = run_all(candidate, data, batch_size, threads)
     report = build_report(
         reference.name, candidate.name, ref_out, cand_out, data.labels, gates, task
