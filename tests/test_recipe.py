@@ -75,3 +75,47 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path: Path) -> Non
     recipe = load_recipe(path)
     assert recipe.resolve(recipe.model.source) == str(path.parent / "model.onnx")
     assert recipe.resolve("pkg.mod:fn") == "pkg.mod:fn"
+
+
+RGB = GOOD.replace("shape: [batch, 1, 8, 8]", "shape: [batch, 3, 224, 224]")
+
+
+def test_preprocess_and_postprocess_sections_load() -> None:
+    text = RGB + (
+        "preprocess:\n  image: {resize: 256, crop: 224, mean: [0.5, 0.5, 0.5],\n"
+        "          std: [0.2, 0.2, 0.2]}\n"
+        "postprocess: {labels: labels.txt, top_k: 3}\n"
+    )
+    recipe = parse_recipe(text, base_dir=Path("/r"))
+    assert recipe.preprocess is not None and recipe.preprocess.image is not None
+    assert recipe.preprocess.image.crop_size == (224, 224)
+    assert recipe.preprocess.image.sample_shape() == (3, 224, 224)
+    assert recipe.postprocess is not None and recipe.postprocess.top_k == 3
+    assert recipe.postprocess.labels_path(recipe.base_dir) == Path("/r/labels.txt")
+    assert recipe.to_dict()["preprocess"]["image"]["resize"] == 256
+
+
+def test_preprocess_that_cannot_feed_the_input_is_refused() -> None:
+    crop = RGB + "preprocess:\n  image: {resize: 256, crop: 256}\n"
+    with pytest.raises(RecipeError, match=r"crop 256 in layout NCHW gives \[3, 256, 256\]"):
+        parse_recipe(crop, source="r.yaml")
+    layout = RGB + "preprocess:\n  image: {resize: 256, crop: 224, layout: NHWC}\n"
+    with pytest.raises(RecipeError, match=r"gives \[224, 224, 3\] per image, but input 'x'"):
+        parse_recipe(layout, source="r.yaml")
+    named = RGB + "preprocess:\n  image: {input: pixels, crop: 224}\n"
+    with pytest.raises(RecipeError, match=r"'pixels' is not a model input; inputs: \['x'\]"):
+        parse_recipe(named, source="r.yaml")
+    typo = RGB + "preprocess:\n  image: {resize: 256,\n    crpo: 224}\n"
+    with pytest.raises(RecipeError, match=r"r.yaml:13: preprocess.image.crpo: unknown key"):
+        parse_recipe(typo, source="r.yaml")
+
+
+def test_the_efficientnet_recipe_matches_its_data_loaders() -> None:
+    from shipyard.examples.efficientnet import LABELS_FILE, PREPROCESS
+
+    path = Path(__file__).parent.parent / "examples" / "efficientnet" / "recipe.yaml"
+    recipe = load_recipe(path)
+    assert recipe.preprocess is not None and recipe.preprocess.image == PREPROCESS
+    assert recipe.postprocess is not None
+    assert recipe.postprocess.labels_path(recipe.base_dir) == LABELS_FILE
+    assert recipe.data.examples == "shipyard.examples.efficientnet:examples"

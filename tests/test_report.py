@@ -230,3 +230,74 @@ def test_accuracy_axis_never_passes_100(accuracy: float) -> None:
     low, high = figure.axes[0].get_ylim()
     plt.close(figure)
     assert low < accuracy * 100 <= high <= 100.0
+
+
+def _classes(*names: str) -> list[dict[str, Any]]:
+    """Best first; a class's index is its name's place in CLASS_NAMES."""
+    return [
+        {"index": CLASS_NAMES.index(n), "label": n, "probability": 0.5 / (rank + 1)}
+        for rank, n in enumerate(names)
+    ]
+
+
+EVIL = "<img src=x onerror=alert(1)>|*"
+CLASS_NAMES = ["tabby cat", "tiger cat", "espresso", EVIL]
+CLASSIFIER = {
+    "validation": [
+        {
+            "reference": "torch",
+            "candidate": "int8",
+            "outputs": [
+                {
+                    "name": "logits",
+                    "top1_agreement": 0.859,
+                    "top5_agreement": 0.994,
+                    "confident_top1_agreement": 1.0,
+                    "confident_samples": 59,
+                }
+            ],
+        }
+    ],
+    "examples": {
+        "names": ["chelsea", EVIL],
+        "top_k": 2,
+        "predictions": {
+            "torch": [_classes("tiger cat", "tabby cat"), _classes("espresso", EVIL)],
+            "int8": [_classes("tabby cat", "tiger cat"), _classes("espresso", EVIL)],
+        },
+    },
+}
+
+
+def test_agreement_and_examples_sections_in_both_reports(tmp_path: Path) -> None:
+    write_report(tmp_path, manifest_of(FOUR, **CLASSIFIER))
+    markdown = (tmp_path / "report.md").read_text()
+    page = (tmp_path / "report.html").read_text()
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page))
+    for fact in [
+        "Agreement with torch",
+        "85.90 %",
+        "99.40 %",
+        "100.00 % of 59",
+        "top-1 where torch is confident",
+        "at least 0.5",
+        "Examples: top-2 classes",
+        "tiger cat 50.0 %",
+        "tabby cat 25.0 %",
+        "✗ differs",  # int8's top-1 on chelsea is not torch's
+    ]:
+        assert fact in markdown, fact
+        assert fact in text, fact
+    assert "| chelsea | torch | — | tiger cat 50.0 % · tabby cat 25.0 % |" in markdown
+    assert "| | int8 | ✗ differs |" in markdown.replace("|  |", "| |")
+    # Label files and example names are user data: escaped in both files.
+    assert not re.search(r"(?<!\\)<img", markdown)  # every "<" escaped
+    assert "\\<img src=x onerror=alert(1)\\>\\|\\*" in markdown
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;|*" in page
+
+
+def test_reports_without_classifier_data_have_no_such_sections(tmp_path: Path) -> None:
+    write_report(tmp_path, manifest_of(FOUR))
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Agreement with" not in markdown and "Examples:" not in markdown
+    assert "Agreement with" not in (tmp_path / "report.html").read_text()

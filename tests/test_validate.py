@@ -163,3 +163,66 @@ def test_counts_no_comparison_can_use_are_refused(
     empty = Dataset({"x": np.zeros((0, 1, 8, 8), np.float32)})
     with pytest.raises(DataError, match="holds no samples"):
         validate(small_torch, small_onnx, empty)
+
+
+def _logits(*rows: list[float]) -> np.ndarray:
+    return np.array(rows, dtype=np.float32)
+
+
+def test_top5_and_confident_top1_agreement() -> None:
+    # 4 samples, 7 classes; the reference is confident (softmax top-1 >= 0.5) on rows 0, 1, 3.
+    ref = _logits(
+        [9, 0, 0, 0, 0, 0, 0],  # class 0, p ~ 1
+        [0, 9, 0, 0, 0, 0, 0],  # class 1, p ~ 1
+        [1.0, 1.1, 0, 0, 0, 0, 0],  # a near-tie: class 1, p = 0.32
+        [0, 0, 0, 0, 0, 0, 2],  # class 6, p = exp(2) / (6 + exp(2)) = 0.55
+    )
+    cand = _logits(
+        [9, 0, 0, 0, 0, 0, 0],  # agrees
+        [0, 1, 9, 0, 0, 0, 0],  # flips a confident answer, class 1 still second
+        [1.2, 1.1, 0, 0, 0, 0, 0],  # flips the near-tie
+        [6, 5, 4, 3, 2, 1, 0],  # reference's class 6 is last: outside the top 5
+    )
+    stats = compare_output("logits", ref, cand, Gates())
+    assert stats.top1_agreement == pytest.approx(1 / 4)
+    assert stats.top5_agreement == pytest.approx(3 / 4)
+    assert stats.confident_samples == 3
+    assert stats.confident_top1_agreement == pytest.approx(1 / 3)
+
+
+def test_agreement_gates_carry_their_bound() -> None:
+    ref = _logits([9, 0, 0, 0, 0, 0], [0, 9, 0, 0, 0, 0], [1, 1.1, 0, 0, 0, 0])
+    cand = _logits([9, 0, 0, 0, 0, 0], [0, 9, 0, 0, 0, 0], [1.2, 1.1, 0, 0, 0, 0])
+    gates = Gates(min_top5_agreement=1.0, min_confident_top1_agreement=1.0, min_top1_agreement=0.9)
+    report = build_report("fp32", "int8", {"y": ref}, {"y": cand}, None, gates)
+    verdicts = {g.gate: g for g in report.gates}
+    assert verdicts["min_top5_agreement"].passed and verdicts["min_top5_agreement"].bound == "min"
+    assert verdicts["min_confident_top1_agreement"].value == 1.0  # the near-tie is not judged
+    assert verdicts["min_confident_top1_agreement"].bound == "min"
+    assert not verdicts["min_top1_agreement"].passed  # 2 of 3 over all samples
+    assert [g.gate for g in report.failures()] == ["min_top1_agreement"]
+    flipped = _logits([0, 9, 0, 0, 0, 0], [0, 9, 0, 0, 0, 0], [1, 1.1, 0, 0, 0, 0])
+    failed = build_report("fp32", "int8", {"y": ref}, {"y": flipped}, None, gates)
+    gate = next(g for g in failed.failures() if g.gate == "min_confident_top1_agreement")
+    assert gate.value == 0.5 and gate.overshoot() == pytest.approx(0.5)
+    assert "min_confident_top1_agreement [y]: 0.5 (limit 1) FAILED" in gate.describe()
+
+
+def test_confident_gate_without_a_confident_sample_fails() -> None:
+    ties = _logits([1, 1.1, 0], [0.5, 0, 0.4])
+    gates = Gates(min_confident_top1_agreement=0.98)
+    report = build_report("fp32", "int8", {"y": ties}, {"y": ties}, None, gates)
+    assert report.outputs[0].confident_samples == 0
+    assert report.outputs[0].confident_top1_agreement is None
+    assert [g.describe() for g in report.failures()] == [
+        "min_confident_top1_agreement [y]: n/a (limit 0.98) FAILED"
+    ]
+
+
+def test_agreement_is_left_out_for_outputs_that_are_not_class_scores() -> None:
+    values = np.linspace(0, 1, 8, dtype=np.float32).reshape(8, 1)
+    stats = compare_output("y", values, values, Gates(min_top5_agreement=0.99))
+    assert stats.top5_agreement is None and stats.confident_top1_agreement is None
+    gates = Gates(min_top5_agreement=0.99, min_confident_top1_agreement=0.9)
+    report = build_report("a", "b", {"y": values}, {"y": values}, None, gates)
+    assert [g.gate for g in report.gates] == ["nonfinite"]

@@ -25,6 +25,7 @@ from typing import Any
 
 from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport, bench
+from shipyard.build_processing import check_processing, package_processing
 from shipyard.data import Dataset, load_data
 from shipyard.errors import GateError, RecipeError
 from shipyard.events import Stage, StepCallback, StepEvent
@@ -114,9 +115,11 @@ def prepare(
     if reference.format != "torch":  # a model file: named as the pass that makes one would
         reference.name = reference.format
     steps(Stage.LOAD, f"loaded {recipe.model.source}")
+    check_processing(recipe, reference.signature)
     sources = recipe.data.model_dump(exclude_none=True)
     data = {
-        role: load_data(recipe.resolve(spec), reference.signature) for role, spec in sources.items()
+        role: load_data(recipe.resolve(spec), reference.signature, preprocess=recipe.preprocess)
+        for role, spec in sources.items()
     }
     if data:
         steps(Stage.LOAD, "loaded data: " + ", ".join(f"{k} ({len(v)})" for k, v in data.items()))
@@ -129,8 +132,10 @@ def validate_artifact(
     artifact: Artifact,
     data: dict[str, Dataset],
     gates: Gates | None = None,
+    reference_cache: dict[str, Any] | None = None,
 ) -> ValidationReport:
-    """Validate ``artifact`` against ``reference`` with ``gates`` (default: the recipe's)."""
+    """Validate ``artifact`` against ``reference`` with ``gates`` (default: the recipe's);
+    ``reference_cache``: see ``validate`` (the reference runs once for all artifacts)."""
     settings = recipe.validate_
     return validate(
         reference,
@@ -140,6 +145,7 @@ def validate_artifact(
         samples=settings.samples,
         batch_size=settings.batch_size,
         task=recipe.task,
+        reference_cache=reference_cache,
     )
 
 
@@ -357,7 +363,8 @@ def build(
             steps(Stage.PASS, f"packaged {reference.name} as it is -> {file} ({size:.2f} MB)")
         packaged = produced or [reference]
         check_served_artifact(recipe, packaged)
-        reports = [_check(recipe, reference, a, data, gates, steps) for a in produced]
+        cache: dict[str, Any] = {}  # the reference's outputs: it runs once for all artifacts
+        reports = [_check(recipe, reference, a, data, gates, steps, cache) for a in produced]
         if not produced:
             reports.append(_run_alone(recipe, reference, data))
             steps(Stage.VALIDATE, f"ran {reference.name} (the model itself: nothing to compare)")
@@ -365,7 +372,10 @@ def build(
         if run_bench if run_bench is not None else recipe.bench.enabled:
             bench_report = measure(recipe, [reference, *produced])
             steps(Stage.BENCH, "benchmarked " + ", ".join(a.name for a in [reference, *produced]))
-        manifest = finish_package(folder, recipe, reference, packaged, reports, bench_report)
+        extra = package_processing(recipe, folder, [reference, *produced], data)
+        manifest = finish_package(
+            folder, recipe, reference, packaged, reports, bench_report, extra=extra
+        )
     package_dir = output / recipe.name / str(recipe.version)
     return BuildResult(
         recipe,
@@ -386,9 +396,12 @@ def _check(
     data: dict[str, Dataset],
     gates: dict[str, Gates],
     steps: Steps,
+    cache: dict[str, Any] | None = None,
 ) -> ValidationReport:
-    """Validate one artifact the passes made; GateError (nothing written) when a gate fails."""
-    report = validate_artifact(recipe, reference, artifact, data, gates.get(artifact.name))
+    """Validate one artifact the passes made; GateError (nothing written) when a gate fails.
+    ``cache`` keeps the reference's outputs between artifacts."""
+    gate = gates.get(artifact.name)
+    report = validate_artifact(recipe, reference, artifact, data, gate, cache)
     steps(Stage.VALIDATE, f"validated {artifact.name}")
     if not report.passed:
         failed = "; ".join(g.describe() for g in report.failures())

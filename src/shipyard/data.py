@@ -7,6 +7,7 @@ optional ``labels``/``y``), or a ``.npy`` file (the single input).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,28 @@ def _from_npz(path: Path, signature: Signature) -> Dataset:
     return Dataset(arrays, labels)
 
 
-def load_data(spec: str, signature: Signature, base_dir: Path | None = None) -> Dataset:
-    """Load and check a data source against ``signature`` (names, dtypes, shapes)."""
+def _call(function: Any, preprocess: Any) -> Any:
+    """``function()``, or ``function(preprocess=...)`` when it takes the recipe's
+    ``preprocess:`` settings: a loader that makes its tensors with ``shipyard.processing``
+    then follows the recipe, so validation sees what the package's server will."""
+    try:
+        takes = "preprocess" in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # builtins and some C functions have no signature
+        takes = False
+    return function(preprocess=preprocess) if takes and preprocess is not None else function()
+
+
+def load_data(
+    spec: str, signature: Signature, base_dir: Path | None = None, preprocess: Any = None
+) -> Dataset:
+    """Load and check a data source against ``signature`` (names, dtypes, shapes).
+
+    ``preprocess`` (the recipe's ``processing.Preprocess``) is passed to a function source
+    that has a ``preprocess`` parameter.
+    """
     if is_reference(spec):
         function = import_reference(spec, DataError)
-        value = function() if callable(function) else function
+        value = _call(function, preprocess) if callable(function) else function
         dataset = _from_value(value, signature, f"data source '{spec}'")
     else:
         path = Path(spec) if base_dir is None or Path(spec).is_absolute() else base_dir / spec

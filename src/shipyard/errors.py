@@ -59,6 +59,11 @@ class InputError(ShipyardError):
     """An input tensor contradicts the signature (name, dtype or shape)."""
 
 
+class ImageError(InputError):
+    """An encoded image cannot be used: not an image of a format we read, above the pixel
+    limit, truncated, or of a pixel type we cannot convert to 8-bit RGB."""
+
+
 class BackendError(ShipyardError):
     """A runtime backend cannot execute the artifact as asked (e.g. a GPU EP fell back to CPU)."""
 

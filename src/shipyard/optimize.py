@@ -28,6 +28,7 @@ from shipyard.build import (
     relocate,
     validate_artifact,
 )
+from shipyard.build_processing import package_processing
 from shipyard.data import Dataset
 from shipyard.errors import ShipyardError
 from shipyard.events import Stage, StepCallback
@@ -254,6 +255,7 @@ def optimize(
                 "verdict": verdict,
             }
         }
+        extra.update(package_processing(recipe, folder, [reference, packaged], data))
         manifest = finish_package(
             folder,
             recipe,

@@ -29,6 +29,7 @@ from shipyard.passes.export import ExportConfig
 from shipyard.passes.finetune import FinetuneConfig
 from shipyard.passes.quantize_config import PRESETS
 from shipyard.problems import location, message
+from shipyard.processing.settings import Postprocess, Preprocess
 from shipyard.serving import ServingConfig
 from shipyard.signature import Signature
 from shipyard.sources import is_model_file
@@ -57,6 +58,8 @@ class DataSources(_Strict):
     validation: str | None = None
     calibration: str | None = None
     train: str | None = None
+    # Named inputs (y: their names) whose top-k classes the report shows for every artifact.
+    examples: str | None = None
 
 
 class ValidateSettings(_Strict):
@@ -205,6 +208,16 @@ class Recipe(_Strict):
     # Not in the manifest's copy of the recipe: key paths belong to the signing machine, not
     # to how the model was made.
     sign: SignSettings | None = Field(default=None, exclude=True)
+    # How raw inputs become tensors and outputs answers; recorded in the manifest, files
+    # (labels) copied into the package. Data functions with a `preprocess` parameter get it.
+    preprocess: Preprocess | None = None
+    postprocess: Postprocess | None = None
+
+    @model_validator(mode="after")
+    def _processing_fits(self) -> Recipe:
+        if self.preprocess is not None and self.signature is not None:
+            self.preprocess.image_input(self.signature)  # ValueError names the mismatch
+        return self
 
     @field_validator("optimize", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shipyard.bench import BenchReport
-from shipyard.validate import ValidationReport
+from shipyard.validate import CONFIDENT, ValidationReport
 
 if TYPE_CHECKING:  # the web stack loads only when a server runs
     from shipyard.serve.app import Startup
@@ -48,6 +48,32 @@ def samples(report: ValidationReport) -> str:
     return f"{report.samples} samples"
 
 
+_AGREEMENT_GATES = ("min_top5_agreement", "min_confident_top1_agreement")
+
+
+def agreement_lines(report: ValidationReport) -> list[str]:
+    """Per classifier output: top-1 and top-5 agreement, and top-1 where the reference is
+    confident (its top-1 probability >= CONFIDENT); printed when the gates judge agreement
+    (report.md always has them), so that other tables print as they did."""
+    if not any(gate.gate in _AGREEMENT_GATES for gate in report.gates):
+        return []
+    lines = []
+    for out in report.outputs:
+        if out.top5_agreement is None:
+            continue
+        confident = (
+            f"{_top1(out.confident_top1_agreement)} of {out.confident_samples}"
+            if out.confident_samples
+            else "no sample"
+        )
+        lines.append(
+            f"agreement [{out.name}]: top-1 {_top1(out.top1_agreement)}, top-5 "
+            f"{_top1(out.top5_agreement)}, top-1 where {report.reference} is confident "
+            f"(p >= {CONFIDENT:g}): {confident}"
+        )
+    return lines
+
+
 def validation(report: ValidationReport) -> Group:
     """The parity table of one candidate, its accuracy line and every gate's verdict."""
     if not report.parity:
@@ -68,6 +94,7 @@ def validation(report: ValidationReport) -> Group:
             f"{out.nonfinite_reference}/{out.nonfinite_candidate}",
         )
     parts: list[RenderableType] = [table]
+    parts += [Text(line) for line in agreement_lines(report)]
     if report.accuracy_reference is not None and report.accuracy_candidate is not None:
         drop = report.accuracy_drop or 0.0
         parts.append(

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shipyard.report import examples as classifier
+from shipyard.report.examples import ExampleRow
 from shipyard.report.rows import mark_pareto
 
 
@@ -58,6 +60,13 @@ class Report:
     conditions: str  # hardware and measurement settings
     batch: str | None  # the batch size the front and the summary are judged at
     plots: list[Plot] = field(default_factory=list)
+    # Classifiers: agreement with the baseline (report.examples.AGREEMENT_COLUMNS, "{ref}"
+    # filled in) and each example's top-k classes per artifact.
+    agreement_reference: str = ""
+    agreement_note: str = ""
+    agreement_columns: list[str] = field(default_factory=list)
+    agreement: list[tuple[str, ...]] = field(default_factory=list)
+    examples: list[ExampleRow] = field(default_factory=list)
 
     @property
     def name_column(self) -> int:
@@ -101,6 +110,7 @@ def build_report(manifest: dict[str, Any], batch: int | None = None) -> Report:
     batches = sorted({b for row in data for b in row.get("latency", {})}, key=int)
     baseline = next((row for row in data if row.get("baseline")), None)
     base_name = baseline["name"] if baseline else "the baseline"
+    reference = classifier.agreement_reference(manifest)
     return Report(
         title=f"{manifest.get('name')} version {manifest.get('version')}",
         description=str(manifest.get("description") or ""),
@@ -111,6 +121,11 @@ def build_report(manifest: dict[str, Any], batch: int | None = None) -> Report:
         notes=notes,
         conditions=_conditions(manifest),
         batch=judged,
+        agreement_reference=reference,
+        agreement_note=classifier.agreement_note(reference),
+        agreement_columns=[c.format(ref=reference) for c in classifier.AGREEMENT_COLUMNS],
+        agreement=classifier.agreement(manifest),
+        examples=classifier.examples(manifest),
     )
 
 

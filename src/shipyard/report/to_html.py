@@ -42,6 +42,51 @@ def _table(report: Report) -> str:
     )
 
 
+def _agreement(report: Report) -> str:
+    head = "".join(f'<th scope="col">{escape(c)}</th>' for c in report.agreement_columns)
+    body = "".join(
+        "<tr>" + f'<th scope="row" class="name">{escape(row[0])}</th>'
+        + f'<td class="left">{escape(row[1])}</td>'
+        + "".join(f"<td>{escape(cell)}</td>" for cell in row[2:]) + "</tr>"
+        for row in report.agreement
+    )  # fmt: skip
+    return (
+        f"<section><h2>Agreement with {escape(report.agreement_reference)}</h2>"
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        f'</table></div><p class="note">{escape(report.agreement_note)}</p></section>'
+    )
+
+
+def _examples(report: Report) -> str:
+    rows = report.examples
+    baseline = next(row.artifact for row in rows if row.baseline)
+    count = max(len(row.classes) for row in rows)
+    span = {row.example: sum(r.example == row.example for r in rows) for row in rows if row.first}
+    body = []
+    for row in rows:
+        cells = ""
+        if row.first:
+            name = escape(row.example)
+            cells += f'<th scope="rowgroup" rowspan="{span[row.example]}" class="name">{name}</th>'
+        verdict = "—" if row.baseline else ("✓" if row.agrees else "✗ differs")
+        kind = "baseline" if row.baseline else ("" if row.agrees else "failed")
+        classes = "".join(f"<li>{escape(c)}</li>" for c in row.classes)
+        cells += (
+            f'<td class="left">{escape(row.artifact)}</td><td class="centre">{verdict}</td>'
+            f'<td class="left"><ol class="classes">{classes}</ol></td>'
+        )
+        body.append(f'<tr class="{kind}">{cells}</tr>')
+    head = "".join(
+        f'<th scope="col">{escape(c)}</th>'
+        for c in ("example", "artifact", f"top-1 as {baseline}", f"top-{count} (probability)")
+    )
+    return (
+        f"<section><h2>Examples: top-{count} classes</h2>"
+        f'<div class="scroll"><table class="examples"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div></section>"
+    )
+
+
 def _figure(plot: Plot) -> str:
     data = base64.b64encode(plot.path.read_bytes()).decode("ascii")
     return (
@@ -71,6 +116,10 @@ def to_html(report: Report) -> str:
     if report.plots:
         figures = "".join(_figure(plot) for plot in report.plots)
         parts.append(f'<section><h2>Plots</h2><div class="plots">{figures}</div></section>')
+    if report.agreement:
+        parts.append(_agreement(report))
+    if report.examples:
+        parts.append(_examples(report))
     conditions = escape(report.conditions)
     parts.append(f'<section><h2>Conditions</h2><p class="conditions">{conditions}</p></section>')
     body = "\n".join(parts)
@@ -122,6 +171,9 @@ figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid var(--lin
 border-radius:6px}
 figcaption{font-size:12.5px;color:var(--muted);margin-top:4px}
 .conditions{font-size:13.5px}
+td.left{text-align:left}td.centre{text-align:center}
+ol.classes{margin:0;padding:0;list-style:none;display:flex;flex-wrap:wrap;gap:2px 14px}
+table.examples td,table.examples th{vertical-align:top;white-space:normal}
 footer{margin-top:32px;font-size:12px;color:var(--muted)}
 @media print{main{max-width:none;padding:0}thead th{position:static}}
 """

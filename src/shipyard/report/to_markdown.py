@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from shipyard.report.model import Fact, Report, Row
 
@@ -34,6 +35,40 @@ def _cells(report: Report, row: Row) -> list[str]:
     return cells
 
 
+def _table(header: list[str], rows: Sequence[tuple[str, ...]], align: str) -> list[str]:
+    """A Markdown table; ``align`` has one character per column: l(eft), r(ight), c(entre)."""
+    rule = {"l": "---", "r": "---:", "c": ":-:"}
+    lines = ["| " + " | ".join(escape(cell) for cell in header) + " |"]
+    lines.append("|" + "|".join(rule[a] for a in align) + "|")
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _classifier(report: Report) -> list[str]:
+    """The agreement table and the examples' top-k classes, when the manifest has them."""
+    lines: list[str] = []
+    if report.agreement:
+        lines += ["", f"## Agreement with {escape(report.agreement_reference)}", ""]
+        lines += _table(report.agreement_columns, report.agreement, "llrrr")
+        lines += ["", escape(report.agreement_note, line=True)]
+    if report.examples:
+        baseline = next(row.artifact for row in report.examples if row.baseline)
+        count = max(len(row.classes) for row in report.examples)
+        rows = [
+            (
+                row.example if row.first else "",
+                row.artifact,
+                "—" if row.baseline else ("✓" if row.agrees else "✗ differs"),
+                " · ".join(row.classes),
+            )
+            for row in report.examples
+        ]
+        header = ["example", "artifact", f"top-1 as {baseline}", f"top-{count} (probability)"]
+        lines += ["", f"## Examples: top-{count} classes", ""]
+        lines += _table(header, rows, "llcl")
+    return lines
+
+
 def to_markdown(report: Report) -> str:
     lines = [f"# {escape(report.title)}", ""]
     if report.description:
@@ -53,6 +88,7 @@ def to_markdown(report: Report) -> str:
     lines += ["", *[escape(note, line=True) for note in report.notes]]
     lines += ["", "Columns:", ""]
     lines += [f"- **{escape(c.title)}**: {escape(c.legend)}" for c in report.columns]
+    lines += _classifier(report)
     lines += ["", "## Conditions", "", escape(report.conditions, line=True), ""]
     if report.plots:
         lines += ["## Plots", ""]
