@@ -112,6 +112,8 @@ class _Search:
             return self.settings.gates
         validation = self.data.get("validation")
         if validation is not None and validation.labels is not None:
+            if self.recipe.task == "binary":
+                return Gates(max_auc_drop=0.005)
             return Gates(max_accuracy_drop=0.005)
         return Gates(min_cosine=0.99)
 
@@ -121,6 +123,8 @@ class _Search:
         accuracy = (
             f"accuracy {report.accuracy_candidate:.2%} (drop {report.accuracy_drop * 100:+.2f})"
             if report.accuracy_drop is not None and report.accuracy_candidate is not None
+            else f"AUC {report.auc_candidate:.4f} (drop {report.auc_drop:+.4f})"
+            if report.auc_drop is not None and report.auc_candidate is not None
             else f"max abs {max(o.max_abs for o in report.outputs):.2g}"
         )
         verdict = "passes" if report.passed else f"fails ({miss(report):.2f} over a gate)"

@@ -3,7 +3,8 @@
 ``validate(reference, candidate, data)`` runs both artifacts through their Runtimes on the
 same inputs and reports, per output: max/mean absolute error, max relative error, cosine
 similarity, top-1 agreement (classifier outputs), NaN/Inf counts; with labels, the accuracy
-of both and the drop. Gates turn those numbers into pass/fail.
+of both and the drop (``task: binary``: AUC and log-loss, see ``binary_metrics``). Gates turn
+those numbers into pass/fail.
 
 ``run_alone(artifact, data)`` is for a model that is its own reference (a model file packaged
 as it is): it runs once, with nothing to compare, and reports its outputs and accuracy.
@@ -18,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shipyard.artifact import Artifact
+from shipyard.binary_metrics import binary_scores
 from shipyard.data import Dataset
 from shipyard.errors import ComparisonError, DataError, InputError
 from shipyard.runtimes import open_session
@@ -36,6 +38,7 @@ class Gates(BaseModel):
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+    max_auc_drop: float | None = Field(default=None, ge=0, le=1)  # task: binary
 
     def merged(self, **overrides: float | None) -> Gates:
         """These gates with every non-None override applied (command-line flags win).
@@ -120,12 +123,23 @@ class ValidationReport:
     # ``accuracy_candidate`` is its accuracy (see ``run_alone``).
     parity: bool = True
     ran: list[OutputRun] = field(default_factory=list)
+    # task: binary, with labels: ROC AUC and log-loss of the first output (binary_metrics)
+    auc_reference: float | None = None
+    auc_candidate: float | None = None
+    log_loss_reference: float | None = None
+    log_loss_candidate: float | None = None
 
     @property
     def accuracy_drop(self) -> float | None:
         if self.accuracy_reference is None or self.accuracy_candidate is None:
             return None
         return self.accuracy_reference - self.accuracy_candidate
+
+    @property
+    def auc_drop(self) -> float | None:
+        if self.auc_reference is None or self.auc_candidate is None:
+            return None
+        return self.auc_reference - self.auc_candidate
 
     @property
     def passed(self) -> bool:
@@ -136,7 +150,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(accuracy_drop=self.accuracy_drop, passed=self.passed)
+        data.update(accuracy_drop=self.accuracy_drop, auc_drop=self.auc_drop, passed=self.passed)
         return data
 
 
@@ -252,6 +266,10 @@ def _gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
                 drop is not None and drop <= gates.max_accuracy_drop + 1e-12,
             )
         )
+    if gates.max_auc_drop is not None:  # unmeasured (no labels, NaN scores): fails
+        auc_drop = report.auc_drop
+        ok = auc_drop is not None and auc_drop <= gates.max_auc_drop + 1e-12
+        results.append(GateResult("max_auc_drop", gates.max_auc_drop, auc_drop, ok))
     return results
 
 
@@ -311,7 +329,8 @@ def validate(
     """Compare ``candidate`` with ``reference`` on ``data`` (or on seeded random inputs).
 
     Outputs are matched by position, so a renamed output still compares. With labels and
-    ``task="classification"`` the first output's argmax gives each artifact's accuracy.
+    ``task="classification"`` the first output's argmax gives each artifact's accuracy; with
+    ``task="binary"`` the first output (one score per row) gives each one's AUC and log-loss.
     """
     gates = gates or Gates()
     random_inputs = data is None
@@ -360,6 +379,9 @@ def run_alone(
     if data.labels is not None and task == "classification":
         _check_labels(data.labels, len(first))
         report.accuracy_candidate = _accuracy(first, data.labels)
+    if data.labels is not None and task == "binary":
+        scores = binary_scores(first, data.labels)
+        report.auc_candidate, report.log_loss_candidate = scores.auc, scores.log_loss
     return report
 
 
@@ -402,5 +424,9 @@ def build_report(
         first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))
         report.accuracy_reference = _accuracy(first_ref, labels)
         report.accuracy_candidate = _accuracy(first_cand, labels)
+    if labels is not None and task == "binary":
+        ref, cand = (binary_scores(next(iter(o.values())), labels) for o in (ref_out, cand_out))
+        report.auc_reference, report.log_loss_reference = ref.auc, ref.log_loss
+        report.auc_candidate, report.log_loss_candidate = cand.auc, cand.log_loss
     report.gates = _gate_results(report, gates)
     return report
