@@ -81,6 +81,16 @@ def test_loaders_return_copies_and_calibration_spans_the_period() -> None:
             recsys.calibration(bad)
 
 
+def test_candidates_are_the_rows_of_one_user_against_several_items() -> None:
+    x_val, _ = recsys.validation()
+    user = int(x_val["user"][0])
+    rows = np.flatnonzero(x_val["user"] == user)[:7]
+    request = recsys.candidates(user, x_val["item"][rows])
+    for name, array in request.items():
+        np.testing.assert_array_equal(array, x_val[name][rows], err_msg=name)
+    assert set(request["user"].tolist()) == {user}
+
+
 def test_trained_model_beats_the_base_rate_on_held_out_ratings(first: recsys.DLRM) -> None:
     """Measured: AUC 0.703, log-loss 0.624 on the 20,000 latest ratings (an item's past
     positive rate alone gives AUC 0.697: 85% of these users were never seen in training)."""

@@ -5,7 +5,7 @@
 int64 id tensors and float32 ``dense``) and int64 labels (1: rated 4 or 5).
 """
 
-from shipyard.examples.recsys.data import calibration, train, validation
+from shipyard.examples.recsys.data import calibration, candidates, train, validation
 from shipyard.examples.recsys.model import (
     ARCH_VERSION,
     DLRM,
@@ -22,6 +22,7 @@ __all__ = [
     "auc",
     "build_model",
     "calibration",
+    "candidates",
     "checkpoint_path",
     "predict",
     "train",

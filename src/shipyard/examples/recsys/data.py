@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,46 +101,74 @@ def _items(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _standardise(values: np.ndarray, fitted_on: np.ndarray) -> np.ndarray:
-    """``values`` centred and scaled by the mean and spread of ``fitted_on`` (NaN ignored);
-    NaN becomes 0, the mean."""
+    """``values`` centred and scaled by the mean and spread of ``fitted_on`` (NaN ignored),
+    as float32; NaN becomes 0, the mean."""
     mean, spread = np.nanmean(fitted_on), np.nanstd(fitted_on)
     return np.nan_to_num((values - mean) / spread, nan=0.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
-def _split() -> tuple[Inputs, np.ndarray, Inputs, np.ndarray]:
-    """Read and split once per process; the arrays are read-only so the cache stays intact."""
-    folder = data_dir()
-    names, rows = _table(folder / "ml-100k.inter")
+def _ratings() -> np.ndarray:
+    """``[user index, item index, rating, timestamp]`` rows in time order."""
+    names, rows = _table(data_dir() / "ml-100k.inter")
     column = {name: i for i, name in enumerate(names)}
-    ratings = np.array(
-        [[row[column[n]] for n in ("user_id", "item_id", "rating", "timestamp")] for row in rows],
-        dtype=np.float64,
-    )
+    columns = [column[n] for n in ("user_id", "item_id", "rating", "timestamp")]
+    ratings = np.array([[row[c] for c in columns] for row in rows], dtype=np.float64)
+    ratings[:, :2] -= 1  # the files count from 1
     # Stable: ratings with the same timestamp keep the file's order on every machine.
-    ratings = ratings[np.argsort(ratings[:, 3], kind="stable")]
-    user, item = ratings[:, 0].astype(np.int64) - 1, ratings[:, 1].astype(np.int64) - 1
-    labels = (ratings[:, 2] >= POSITIVE).astype(np.int64)
+    return ratings[np.argsort(ratings[:, 3], kind="stable")]
+
+
+@functools.lru_cache(maxsize=1)
+def _features() -> dict[str, np.ndarray]:
+    """Per user: ``age`` (standardised), ``gender``, ``occupation``; per item: ``year``
+    (standardised) and ``genres``. Age and year are scaled with the training ratings' mean and
+    spread, so nothing about the held-out period leaks into the inputs."""
+    folder = data_dir()
     age, gender, occupation = _users(folder)
     year, genres = _items(folder)
+    ratings = _ratings()
     cut = int(len(ratings) * TRAIN_SHARE)
-    dense = np.concatenate(
-        [
-            _standardise(age[user], age[user[:cut]])[:, None],
-            _standardise(year[item], year[item[:cut]])[:, None],
-            genres[item],
-        ],
-        axis=1,
-    )
-    inputs = {
+    user, item = ratings[:cut, 0].astype(np.int64), ratings[:cut, 1].astype(np.int64)
+    return {
+        "age": _standardise(age, age[user]),
+        "gender": gender,
+        "occupation": occupation,
+        "year": _standardise(year, year[item]),
+        "genres": genres,
+    }
+
+
+def _rows(user: np.ndarray, item: np.ndarray) -> Inputs:
+    """The model's five inputs for pairs of user and item indices."""
+    features = _features()
+    dense = [features["age"][user][:, None], features["year"][item][:, None]]
+    return {
         "user": user,
         "item": item,
-        "gender": gender[user],
-        "occupation": occupation[user],
-        "dense": dense,
+        "gender": features["gender"][user],
+        "occupation": features["occupation"][user],
+        "dense": np.concatenate([*dense, features["genres"][item]], axis=1),
     }
+
+
+def candidates(user: int, items: Sequence[int] | np.ndarray) -> Inputs:
+    """The inputs that score user ``user`` (0 to 942) against each of ``items`` (0 to 1681):
+    one row per item, the user's own features repeated; what a recommender's serving request
+    holds (one user, N candidate items)."""
+    item = np.asarray(items, dtype=np.int64).reshape(-1)
+    return _rows(np.full(len(item), user, dtype=np.int64), item)
+
+
+@functools.lru_cache(maxsize=1)
+def _split() -> tuple[Inputs, np.ndarray, Inputs, np.ndarray]:
+    """Split once per process; the arrays are read-only so the cache stays intact."""
+    ratings = _ratings()
+    inputs = _rows(ratings[:, 0].astype(np.int64), ratings[:, 1].astype(np.int64))
+    labels = (ratings[:, 2] >= POSITIVE).astype(np.int64)
     for array in (*inputs.values(), labels):
         array.setflags(write=False)
+    cut = int(len(ratings) * TRAIN_SHARE)
     train = {name: array[:cut] for name, array in inputs.items()}
     held_out = {name: array[cut:] for name, array in inputs.items()}
     return train, labels[:cut], held_out, labels[cut:]

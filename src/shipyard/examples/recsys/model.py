@@ -113,13 +113,15 @@ def checkpoint_path(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Path:
     """The cache file for these hyper-parameters: ``<cache_dir>/recsys-dlrm-<hash>.safetensors``
-    (the same cache folder as the digits CNN: ``SHIPYARD_CACHE_DIR`` and so on)."""
+    (the same cache folder as the digits CNN: ``SHIPYARD_CACHE_DIR`` and so on). The hash covers
+    them, the weight decay and ``ARCH_VERSION``."""
     key = {
         "arch": ARCH_VERSION,
         "epochs": int(epochs),
         "seed": int(seed),
         "lr": float(lr),
         "batch_size": int(batch_size),
+        "weight_decay": WEIGHT_DECAY,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / f"recsys-dlrm-{digest}.safetensors"
