@@ -49,7 +49,7 @@ def binary_labels(labels: np.ndarray) -> np.ndarray:
         raise DataError(f"task: binary needs labels of 0 and 1, got also {shown}")
     if len(values) < 2:
         raise DataError(
-            f"task: binary: every label is {values.pop()}; AUC needs both classes in the "
+            f"task: binary: every label is {int(values.pop())}; AUC needs both classes in the "
             f"held-out data"
         )
     return flat.astype(np.int64)

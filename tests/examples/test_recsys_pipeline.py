@@ -61,7 +61,6 @@ def test_shipyard_validate_reads_the_task_from_the_package(built: shipyard.Build
     assert refused.returncode == 2 and "use one of classification, binary, other" in refused.stderr
 
 
-@pytest.mark.slow
 def test_the_search_picks_a_quantized_candidate_within_the_auc_gate(
     recsys_torch: Artifact, tmp_path: Path
 ) -> None:
@@ -71,11 +70,16 @@ def test_the_search_picks_a_quantized_candidate_within_the_auc_gate(
         update={
             "budget": 120.0,
             "quantize": ["dynamic_s8", "dynamic_s8_fp16_embeddings", "dynamic_s8_fp32_embeddings"],
+            "prune_levels": [0.5],  # refused for task: binary, with the reason
         }
     )
     result = shipyard.optimize(recipe, tmp_path, settings=settings)
     search = result.manifest["search"]
-    assert search["gates"] == {"max_auc_drop": 0.005} and search["evaluated"] == 4
+    assert search["gates"] == {"max_auc_drop": 0.005}
+    assert search["planned"] == search["evaluated"] == 4
+    assert search["skipped"] == [
+        "structured pruning (fine-tuning trains classifiers, not task: binary)"
+    ]
     rows = {row["name"]: row for row in result.manifest["candidates"]}
     assert set(rows) == {
         "torch",

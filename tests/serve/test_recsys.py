@@ -140,3 +140,20 @@ def test_the_package_records_the_task_ranges_and_auc(server: Server) -> None:
     gates = {g["gate"]: g for g in report["gates"]}
     assert gates["max_auc_drop"]["passed"] and gates["max_auc_drop"]["bound"] == "max"
     assert manifest["serving"]["max_batch_size"] == 1024
+
+
+def test_the_demo_request_is_answered(server: Server, tmp_path: Path) -> None:
+    from shipyard.examples.recsys import request
+
+    path = tmp_path / "request.json"
+    assert request.main([str(path), "12", "5"]) == 0
+    body = path.read_text()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        answer = client.post(
+            "/v2/models/movielens/infer", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert answer.status_code == 200, answer.text
+    reply = answer.json()
+    assert reply["id"] == "user 12 against 5 candidate items"
+    scores = reply["outputs"][0]["data"]
+    assert len(scores) == 5 and all(0 < s < 1 for s in scores)
