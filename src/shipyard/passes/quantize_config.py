@@ -1,8 +1,9 @@
 """The settings of the ``quantize`` pass and its named presets.
 
 ``QuantizeConfig`` is the pass's typed config (its fields are the recipe keys and the
-``shipyard quantize`` options); ``PRESETS`` are the configs the optimization search tries,
-named after their data types like optimum's ``AutoQuantizationConfig``.
+``shipyard quantize`` options); ``PRESETS`` are the named configs (``--preset``, a recipe's
+``optimize: quantize:``), named after their data types like optimum's
+``AutoQuantizationConfig``; ``default_search()`` the ones a search tries unless told.
 """
 
 from __future__ import annotations
