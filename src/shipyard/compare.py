@@ -39,8 +39,10 @@ def compare(
     batch_size: int = 64,
     threads: int | None = None,
     seed: int = 0,
+    task: str = "classification",
 ) -> list[ValidationReport]:
-    """Reports of ``artifacts[1:]`` against ``artifacts[0]`` on the same inputs."""
+    """Reports of ``artifacts[1:]`` against ``artifacts[0]`` on the same inputs (``task``: as
+    in ``validate``)."""
     if len(artifacts) < 2:
         raise InputError("compare needs at least two artifacts: a reference and a candidate")
     names = [a.name for a in artifacts]
@@ -54,7 +56,9 @@ def compare(
     reports = []
     for candidate in artifacts[1:]:
         out = run_all(candidate, data, batch_size, threads)
-        report = build_report(reference.name, candidate.name, ref_out, out, data.labels, gates)
+        report = build_report(
+            reference.name, candidate.name, ref_out, out, data.labels, gates, task
+        )
         report.random_inputs = random_inputs
         reports.append(report)
     return reports

@@ -30,6 +30,7 @@ class Gates(BaseModel):
     min_top5_agreement: float | None = Field(default=None, ge=0, le=1)  # see OutputComparison
     min_confident_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+    max_auc_drop: float | None = Field(default=None, ge=0, le=1)  # task: binary
 
     def merged(self, **overrides: float | None) -> Gates:
         """These gates with every non-None override applied (command-line flags win).
@@ -143,4 +144,8 @@ def gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
                 drop is not None and drop <= gates.max_accuracy_drop + 1e-12,
             )
         )
+    if gates.max_auc_drop is not None:  # unmeasured (no labels, NaN scores): fails
+        auc_drop = report.auc_drop
+        ok = auc_drop is not None and auc_drop <= gates.max_auc_drop + 1e-12
+        results.append(GateResult("max_auc_drop", gates.max_auc_drop, auc_drop, ok))
     return results

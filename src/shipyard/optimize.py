@@ -73,10 +73,16 @@ def score(candidate: Candidate, bench: BenchReport, objective: Objective, batch:
     raise ValueError(f"unknown objective {objective!r}")  # unreachable: the schema checks it
 
 
-def plan_size(settings: OptimizeSettings, has_train: bool) -> int:
+def prunable(task: str, has_train: bool) -> bool:
+    """Whether the search prunes: pruned variants are fine-tuned, which needs training data and
+    trains classifiers (cross-entropy), not ``task: binary`` models."""
+    return has_train and task != "binary"
+
+
+def plan_size(settings: OptimizeSettings, can_prune: bool) -> int:
     """How many candidates a search plans: each torch variant (the model, and each pruning
-    level when there is training data to fine-tune with), exported, then each preset of it."""
-    variants = 1 + (len(settings.prune_levels) if has_train else 0)
+    level when it can prune: see ``prunable``), exported, then each preset of it."""
+    variants = 1 + (len(settings.prune_levels) if can_prune else 0)
     return variants * (1 + len(settings.quantize))
 
 
@@ -101,7 +107,7 @@ class _Search:
         self.skipped: list[str] = []
         self.skipped_for_budget = 0
         self.plan = self.variants()
-        self.planned = plan_size(settings, "train" in data)
+        self.planned = plan_size(settings, prunable(recipe.task, "train" in data))
         self.context = PassContext(workdir=self.work, reference=reference, data=data)
 
     def out_of_time(self) -> bool:
@@ -113,6 +119,8 @@ class _Search:
             return self.settings.gates
         validation = self.data.get("validation")
         if validation is not None and validation.labels is not None:
+            if self.recipe.task == "binary":
+                return Gates(max_auc_drop=0.005)
             return Gates(max_accuracy_drop=0.005)
         return Gates(min_cosine=0.99)
 
@@ -122,6 +130,8 @@ class _Search:
         accuracy = (
             f"accuracy {report.accuracy_candidate:.2%} (drop {report.accuracy_drop * 100:+.2f})"
             if report.accuracy_drop is not None and report.accuracy_candidate is not None
+            else f"AUC {report.auc_candidate:.4f} (drop {report.auc_drop:+.4f})"
+            if report.auc_drop is not None and report.auc_candidate is not None
             else f"max abs {max(o.max_abs for o in report.outputs):.2g}"
         )
         verdict = "passes" if report.passed else f"fails ({miss(report):.2f} over a gate)"
@@ -132,8 +142,10 @@ class _Search:
 
     def variants(self) -> list[tuple[str, float | None]]:
         levels: list[float] = []
-        if "train" in self.data:
+        if prunable(self.recipe.task, "train" in self.data):
             levels = list(self.settings.prune_levels)
+        elif self.recipe.task == "binary" and self.settings.prune_levels:
+            self.skip("structured pruning", "fine-tuning trains classifiers, not task: binary")
         elif self.settings.prune_levels:
             self.skip("structured pruning", "no 'data: train:' to fine-tune with")
         return [("", None), *[(f"pruned{round(level * 100)}-", level) for level in levels]]

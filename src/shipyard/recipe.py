@@ -27,7 +27,7 @@ from shipyard.imports import is_reference
 from shipyard.passes import PASSES
 from shipyard.passes.export import ExportConfig
 from shipyard.passes.finetune import FinetuneConfig
-from shipyard.passes.quantize_config import PRESETS
+from shipyard.passes.quantize_config import PRESETS, default_search
 from shipyard.problems import location, message
 from shipyard.processing.settings import Postprocess, Preprocess
 from shipyard.serving import ServingConfig
@@ -152,7 +152,7 @@ class OptimizeSettings(_Strict):
     batch_size: int = Field(default=8, ge=1)
     budget: float = Field(default=600.0, gt=0)  # seconds; "10m" accepted
     prune_levels: list[float] = Field(default_factory=lambda: [0.75, 0.5])  # MACs kept
-    quantize: list[str] = Field(default_factory=lambda: list(PRESETS))
+    quantize: list[str] = Field(default_factory=default_search)
     finetune: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(epochs=10, distill_from_original=True)
     )
@@ -196,7 +196,8 @@ class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(default=1, ge=1)
     description: str = ""
-    task: Literal["classification", "other"] = "classification"
+    # classification: accuracy from labels; binary: one score per row, AUC and log-loss
+    task: Literal["classification", "binary", "other"] = "classification"
     model: ModelSource
     signature: Signature | None = None
     data: DataSources = Field(default_factory=DataSources)

@@ -4,8 +4,8 @@
 same inputs and reports, per output: max/mean absolute error, max relative error, cosine
 similarity, NaN/Inf counts, and for classifier outputs the agreement of the two: top-1, top-5
 (the reference's top-1 among the candidate's five best) and top-1 on the samples where the
-reference is confident; with labels, the accuracy of both and the drop. Gates turn those
-numbers into pass/fail.
+reference is confident; with labels, the accuracy of both and the drop (``task: binary``: AUC
+and log-loss, see ``binary_metrics``). Gates turn those numbers into pass/fail.
 
 ``run_alone(artifact, data)`` is for a model that is its own reference (a model file packaged
 as it is): it runs once, with nothing to compare, and reports its outputs and accuracy.
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.artifact import Artifact
+from shipyard.binary_metrics import binary_scores
 from shipyard.data import Dataset
 from shipyard.errors import ComparisonError, DataError, InputError
 from shipyard.gates import GateResult, Gates, gate_results
@@ -79,12 +80,23 @@ class ValidationReport:
     # ``accuracy_candidate`` is its accuracy (see ``run_alone``).
     parity: bool = True
     ran: list[OutputRun] = field(default_factory=list)
+    # task: binary, with labels: ROC AUC and log-loss of the first output (binary_metrics)
+    auc_reference: float | None = None
+    auc_candidate: float | None = None
+    log_loss_reference: float | None = None
+    log_loss_candidate: float | None = None
 
     @property
     def accuracy_drop(self) -> float | None:
         if self.accuracy_reference is None or self.accuracy_candidate is None:
             return None
         return self.accuracy_reference - self.accuracy_candidate
+
+    @property
+    def auc_drop(self) -> float | None:
+        if self.auc_reference is None or self.auc_candidate is None:
+            return None
+        return self.auc_reference - self.auc_candidate
 
     @property
     def passed(self) -> bool:
@@ -95,7 +107,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(accuracy_drop=self.accuracy_drop, passed=self.passed)
+        data.update(accuracy_drop=self.accuracy_drop, auc_drop=self.auc_drop, passed=self.passed)
         return data
 
 
@@ -232,7 +244,8 @@ def validate(
     """Compare ``candidate`` with ``reference`` on ``data`` (or on seeded random inputs).
 
     Outputs are matched by position, so a renamed output still compares. With labels and
-    ``task="classification"`` the first output's argmax gives each artifact's accuracy.
+    ``task="classification"`` the first output's argmax gives each artifact's accuracy; with
+    ``task="binary"`` the first output (one score per row) gives each one's AUC and log-loss.
     ``reference_cache``: the reference's outputs on these inputs (an empty dict is filled):
     several candidates on the same data run the reference once (~20 s for EfficientNet).
     """
@@ -285,6 +298,9 @@ def run_alone(
     if data.labels is not None and task == "classification":
         _check_labels(data.labels, len(first))
         report.accuracy_candidate = _accuracy(first, data.labels)
+    if data.labels is not None and task == "binary":
+        scores = binary_scores(first, data.labels)
+        report.auc_candidate, report.log_loss_candidate = scores.auc, scores.log_loss
     return report
 
 
@@ -327,5 +343,9 @@ def build_report(
         first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))
         report.accuracy_reference = _accuracy(first_ref, labels)
         report.accuracy_candidate = _accuracy(first_cand, labels)
+    if labels is not None and task == "binary":
+        ref, cand = (binary_scores(next(iter(o.values())), labels) for o in (ref_out, cand_out))
+        report.auc_reference, report.log_loss_reference = ref.auc, ref.log_loss
+        report.auc_candidate, report.log_loss_candidate = cand.auc, cand.log_loss
     report.gates = gate_results(report, gates)
     return report

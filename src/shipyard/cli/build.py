@@ -110,7 +110,7 @@ def optimize(
 
     from shipyard.build import as_recipe
     from shipyard.optimize import optimize as run_optimize
-    from shipyard.optimize import plan_size
+    from shipyard.optimize import plan_size, prunable
     from shipyard.problems import describe
     from shipyard.recipe import OptimizeSettings
 
@@ -135,7 +135,7 @@ def optimize(
     )
     quiet = as_json or not console.is_terminal
     with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
-        total = plan_size(settings, loaded.data.train is not None)
+        total = plan_size(settings, prunable(loaded.task, loaded.data.train is not None))
         task = progress.add_task("candidates", total=total)
 
         def on_step(event: StepEvent) -> None:

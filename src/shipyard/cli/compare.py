@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -23,6 +23,7 @@ from shipyard.cli.options import (
     Top1Opt,
     load_artifacts,
     package_data,
+    package_task,
     signature_from,
 )
 from shipyard.errors import InputError
@@ -48,32 +49,44 @@ def validate(
     max_accuracy_drop: Annotated[
         float | None, typer.Option(help="Gate: max accuracy drop (needs labels).")
     ] = None,
+    max_auc_drop: Annotated[
+        float | None, typer.Option(help="Gate: max AUC drop (task binary, needs labels).")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="classification, binary or other; default: the recipe's or package's."),
+    ] = None,
     samples: SamplesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare CANDIDATE with REFERENCE on the same inputs; exit 1 when a gate fails."""
     from shipyard.data import load_data
+    from shipyard.recipe import Recipe, load_recipe
     from shipyard.validate import Gates
     from shipyard.validate import validate as run_validate
 
     gates = Gates()
+    specs = [reference, candidate]
     if recipe is not None:
-        from shipyard.recipe import load_recipe
-
-        gates = load_recipe(recipe).validate_.gates
+        loaded_recipe = load_recipe(recipe)
+        gates, task = loaded_recipe.validate_.gates, task or loaded_recipe.task
+    task = task or package_task(specs) or "classification"
+    tasks = get_args(Recipe.model_fields["task"].annotation)
+    if task not in tasks:
+        raise InputError(f"--task {task!r}: use one of {', '.join(tasks)}")
     gates = gates.merged(
         atol=atol,
         rtol=rtol,
         min_cosine=min_cosine,
         min_top1_agreement=min_top1_agreement,
         max_accuracy_drop=max_accuracy_drop,
+        max_auc_drop=max_auc_drop,
     )
-    specs = [reference, candidate]
     loaded = load_artifacts(specs, signature_from(input, recipe), weights, kwargs)
     ref, cand = loaded[0], loaded[-1]
     data = data or package_data(specs)
     dataset = load_data(data, ref.signature) if data else None
-    report = run_validate(ref, cand, dataset, gates, samples=samples)
+    report = run_validate(ref, cand, dataset, gates, samples=samples, task=task)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -137,7 +150,8 @@ def compare(
         return
     data = data or package_data(artifacts)
     dataset = load_data(data, loaded[0].signature) if data else None
-    reports = run_compare(loaded, dataset, gates, samples=samples)
+    task = package_task(artifacts) or "classification"
+    reports = run_compare(loaded, dataset, gates, samples=samples, task=task)
     if as_json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:

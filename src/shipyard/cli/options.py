@@ -212,6 +212,18 @@ def load_artifacts(
     return loaded
 
 
+def package_task(specs: list[str]) -> str | None:
+    """The task of the first package among ``specs`` (``binary``: AUC instead of accuracy)."""
+    from shipyard.package import is_package, load_package
+
+    for spec in specs:
+        path = Path(split_label(spec)[1])
+        if path.is_dir() and is_package(path):
+            task = load_package(path, verify=False).manifest.get("task")
+            return str(task) if task else None
+    return None
+
+
 def package_data(specs: list[str]) -> str | None:
     """The validation data a package's recipe named (the first package among ``specs`` that
     has some and where it can still be found), for comparing without ``--data``."""

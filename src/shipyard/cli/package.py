@@ -53,7 +53,8 @@ def package(
     ] = None,
     samples: SamplesOpt = None,
     task: Annotated[
-        str, typer.Option(help="classification (accuracy from labels) or other.")
+        str,
+        typer.Option(help="classification (accuracy from labels), binary (AUC) or other."),
     ] = "classification",
     max_batch_size: MaxBatchOpt = None,
     max_queue_delay_ms: QueueDelayOpt = None,

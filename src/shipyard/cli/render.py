@@ -104,10 +104,30 @@ def validation(report: ValidationReport) -> Group:
                 f"(drop {drop * 100:+.2f} points)"
             )
         )
+    if report.auc_reference is not None or report.auc_candidate is not None:
+        parts.append(Text(_auc_line(report)))
     for gate in report.gates:
         style = "green" if gate.passed else "bold red"
         parts.append(Text(f"  {gate.describe()}", style=style))
     return Group(*parts)
+
+
+def _auc_line(report: ValidationReport) -> str:
+    """``AUC: torch 0.7031, onnx 0.7030 (drop +0.0001); log-loss 0.6241, 0.6242`` (task:
+    binary); a value that could not be measured (NaN scores) shows as n/a."""
+
+    def value(number: float | None) -> str:
+        return "n/a" if number is None else f"{number:.4f}"
+
+    drop = "" if report.auc_drop is None else f" (drop {report.auc_drop:+.4f})"
+    line = (
+        f"AUC: {report.reference} {value(report.auc_reference)}, "
+        f"{report.candidate} {value(report.auc_candidate)}{drop}"
+    )
+    losses = (report.log_loss_reference, report.log_loss_candidate)
+    if any(loss is not None for loss in losses):
+        line += f"; log-loss {value(losses[0])}, {value(losses[1])}"
+    return line
 
 
 def _run_alone(report: ValidationReport) -> Group:
@@ -120,6 +140,10 @@ def _run_alone(report: ValidationReport) -> Group:
     parts: list[RenderableType] = [table, Text(note, style="dim")]
     if report.accuracy_candidate is not None:
         parts.append(Text(f"accuracy: {report.candidate} {report.accuracy_candidate:.2%}"))
+    if report.auc_candidate is not None:
+        loss = report.log_loss_candidate
+        extra = "" if loss is None else f", log-loss {loss:.4f}"
+        parts.append(Text(f"AUC: {report.candidate} {report.auc_candidate:.4f}{extra}"))
     return Group(*parts)
 
 
@@ -146,6 +170,8 @@ def comparison(reports: Sequence[ValidationReport], title: str) -> Group:
             accuracy = (
                 "—" if report.accuracy_candidate is None else f"{report.accuracy_candidate:.2%}"
             )
+            if report.auc_candidate is not None:  # task: binary
+                accuracy = f"AUC {report.auc_candidate:.4f}"
             verdict = "ok" if report.passed else "[bold red]FAILED[/]"
             if report.passed and all(g.gate == "nonfinite" for g in report.gates):
                 verdict = "no gates"  # only NaN/Inf was judged; the line below says so
@@ -208,6 +234,9 @@ def candidates(rows: list[dict[str, Any]], batch: str) -> Table:
         stats = row["latency"].get(batch, {})
         accuracy = "—" if row["accuracy"] is None else f"{row['accuracy']:.2%}"
         drop = "—" if row["accuracy_drop"] is None else f"{row['accuracy_drop'] * 100:+.2f}"
+        if row["accuracy"] is None and row.get("auc") is not None:  # task: binary
+            accuracy = f"AUC {row['auc']:.4f}"
+            drop = "—" if row.get("auc_drop") is None else f"{row['auc_drop']:+.4f}"
         verdict = "baseline" if row["baseline"] else ("pass" if row["passed"] else "FAIL")
         if row["chosen"]:
             verdict = f"[bold]{verdict}, chosen[/]"

@@ -29,6 +29,7 @@ from shipyard.artifact import Artifact, PassRecord, atomic_path
 from shipyard.data import Dataset, check_dataset
 from shipyard.errors import DataError, QuantizeError
 from shipyard.hardware import hardware_fingerprint
+from shipyard.passes.embeddings import embedding_lookups, tables_to_fp16
 from shipyard.passes.quantize_config import QuantizeConfig
 from shipyard.passes.quiet import quiet
 from shipyard.signature import Signature, TensorSpec
@@ -204,6 +205,22 @@ def _convert_fp16(source: Path, target: Path, config: QuantizeConfig, excluded: 
     onnx.save(model, str(target))
 
 
+def _float_lookups(
+    graph: onnx.GraphProto, config: QuantizeConfig, notes: dict[str, Any]
+) -> dict[str, str]:
+    """The embedding lookups int8 quantization must leave alone (``embeddings: fp16|fp32``);
+    a model without any gets a warning and a note, and is quantized as it would be anyway."""
+    if config.mode == "fp16" or config.embeddings == "int8":
+        return {}
+    lookups = embedding_lookups(graph)
+    notes["embeddings"] = {"stored": config.embeddings, "tables": sorted(set(lookups.values()))}
+    if not lookups:
+        message = f"embeddings: {config.embeddings}: the model has no embedding table"
+        warnings.warn(f"quantize: {message} (Gather from a float initializer)", stacklevel=3)
+        notes["embeddings"]["note"] = message
+    return lookups
+
+
 def _summary(before: Artifact, path: Path) -> dict[str, Any]:
     """Sizes, node counts, and the op types that now run quantized: integer ops (QOperator,
     dynamic) and, in QDQ graphs, the ops fed by a DequantizeLinear (ORT fuses those)."""
@@ -269,14 +286,19 @@ def quantize_onnx(
             source, notes["preprocess"] = _preprocess(artifact.path, Path(workdir))
         else:
             notes["preprocess"] = "off in the config"
-        excluded = _resolve_exclusions(onnx.load(str(source)).graph, config)
+        graph = onnx.load(str(source)).graph
+        excluded = _resolve_exclusions(graph, config)
+        lookups = _float_lookups(graph, config, notes)
         try:
             with quiet(log, "onnxruntime", root=True, stderr=False):
                 if config.mode == "fp16":
                     _convert_fp16(source, tmp, config, excluded)
                 else:
-                    options = {"reduce_range": reduce_range, "nodes_to_exclude": excluded}
+                    skip = sorted({*excluded, *lookups})
+                    options = {"reduce_range": reduce_range, "nodes_to_exclude": skip}
                     _quantize_int8(source, tmp, config, reader, **options)
+                    if config.embeddings == "fp16" and lookups:
+                        notes["embeddings"] = tables_to_fp16(tmp, lookups)
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as error:  # ORT's or the checker's own reason, on one line
             raise QuantizeError(

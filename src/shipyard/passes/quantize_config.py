@@ -1,8 +1,9 @@
 """The settings of the ``quantize`` pass and its named presets.
 
 ``QuantizeConfig`` is the pass's typed config (its fields are the recipe keys and the
-``shipyard quantize`` options); ``PRESETS`` are the configs the optimization search tries,
-named after their data types like optimum's ``AutoQuantizationConfig``.
+``shipyard quantize`` options); ``PRESETS`` are the named configs (``--preset``, a recipe's
+``optimize: quantize:``), named after their data types like optimum's
+``AutoQuantizationConfig``; ``default_search()`` the ones a search tries unless told.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _STATIC_ONLY = (
     "symmetric",
     "quantize_bias",
 )
-_INT8_ONLY = ("weights", "per_channel", "reduce_range")
+_INT8_ONLY = ("weights", "per_channel", "reduce_range", "embeddings")
 
 
 class QuantizeConfig(BaseModel):
@@ -79,6 +80,13 @@ class QuantizeConfig(BaseModel):
     )
     exclude_op_types: list[str] = Field(
         default_factory=list, description="Op types kept in float, e.g. Softmax"
+    )
+    # ORT quantizes a Gather from a float initializer (an embedding lookup) in every int8
+    # mode, with one scale per table. See passes/embeddings.py.
+    embeddings: Literal["int8", "fp16", "fp32"] = Field(
+        default="int8",
+        description="int8 modes: embedding tables (Gather from a float initializer) as int8 "
+        "(ORT's default), fp16 (half size, cast after the lookup) or fp32 (left as they are)",
     )
     keep_io_types: bool = Field(default=True, description="fp16: keep float32 inputs and outputs")
     filename: str | None = Field(
@@ -150,6 +158,7 @@ class QuantizeConfig(BaseModel):
         parts += [] if self.quantize_bias else ["fbias"]
         parts += [self.calibration] if self.calibration != "minmax" else []
         parts += [] if self.reduce_range == "auto" else ["rr" if self.reduce_range else "norr"]
+        parts += [] if self.embeddings == "int8" else [f"emb{self.embeddings[2:]}"]
         # The fields not spelled out above still make the label unique, through a digest.
         rest = ("calibration_samples", "preprocess", "exclude_nodes", "exclude_op_types")
         extras = {f: getattr(self, f) for f in (*rest, "keep_io_types") if _changed(self, f)}
@@ -173,7 +182,18 @@ PRESETS: dict[str, Callable[..., QuantizeConfig]] = {
     "dynamic_s8": QuantizeConfig.dynamic_s8,
     "dynamic_u8": QuantizeConfig.dynamic_u8,
     "fp16": QuantizeConfig.fp16,
+    # For models with embedding tables: int8 layers, tables in float16 or float32. On a model
+    # without tables they equal dynamic_s8, so a search tries them only when a recipe names
+    # them in `optimize: quantize:` (see default_search).
+    "dynamic_s8_fp16_embeddings": partial(QuantizeConfig.dynamic_s8, embeddings="fp16"),
+    "dynamic_s8_fp32_embeddings": partial(QuantizeConfig.dynamic_s8, embeddings="fp32"),
 }
+
+
+def default_search() -> list[str]:
+    """The presets an optimization search tries unless the recipe names others: every preset
+    that applies to any model, i.e. all but the embedding-table ones."""
+    return [name for name, make in PRESETS.items() if make().embeddings == "int8"]
 
 
 def _changed(config: BaseModel, field: str) -> bool:

@@ -160,8 +160,7 @@ def _row(index: int, row: dict[str, Any], batches: list[str]) -> Row:
             f"{latency[b]['p50_ms']:.3f} / {latency[b]['p99_ms']:.3f}" if b in latency else "—"
             for b in batches
         ],
-        _percent(row.get("accuracy")),
-        "—" if row.get("accuracy_drop") is None else f"{row['accuracy_drop'] * 100:+.2f}",
+        *_metric_cells(row),
         f"{row.get('max_abs', 0.0):.2g}",
         "baseline" if baseline else ("pass" if passed else "FAIL"),
         "✓" if row.get("pareto") else "",
@@ -176,6 +175,16 @@ def _row(index: int, row: dict[str, Any], batches: list[str]) -> Row:
         pareto=bool(row.get("pareto")),
         data=row,
     )
+
+
+def _metric_cells(row: dict[str, Any]) -> tuple[str, str]:
+    """The accuracy and drop cells; a binary task's row (no accuracy) shows its AUC there, and
+    the AUC it lost (not in points)."""
+    if row.get("accuracy") is None and row.get("auc") is not None:
+        drop = row.get("auc_drop")
+        return f"AUC {row['auc']:.4f}", "—" if drop is None else f"{drop:+.4f} AUC"
+    drop = row.get("accuracy_drop")
+    return _percent(row.get("accuracy")), "—" if drop is None else f"{drop * 100:+.2f}"
 
 
 def _percent(value: float | None) -> str:
@@ -236,6 +245,16 @@ def _summary(
                 f"{_percent(chosen['accuracy'])}, {change} {name} "
                 f"({_percent(base.get('accuracy'))})",
             )
+        )
+    if chosen.get("accuracy") is None and chosen.get("auc") is not None:
+        lost = chosen.get("auc_drop") or 0.0
+        change = (
+            "the same as"
+            if abs(lost) < 5e-5
+            else f"{abs(lost):.4f} {'below' if lost > 0 else 'above'}"
+        )
+        facts.append(
+            Fact("AUC", f"{chosen['auc']:.4f}, {change} {name} ({base.get('auc') or 0.0:.4f})")
         )
     return facts
 
