@@ -223,7 +223,7 @@ class _Server:
     async def _options(self, request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
         content_length = length.encode() if length else None
-        body, _ = await self.http.receive((request.receive, content_length, None, None))
+        body, _, _ = await self.http.receive((request.receive, content_length, None, None, None))
         if not body.strip():
             return {}
         value = parse_json(body)  # BadRequest for anything malformed, deep nesting included

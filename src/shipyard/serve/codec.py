@@ -12,6 +12,8 @@ echoed in the response.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import threading
@@ -30,6 +32,7 @@ from shipyard.serve.protocol import (
     as_bytes,
     classification_count,
     datatype_of,
+    deserialize_bytes,
     input_dtype,
     serialize_bytes,
     timeout_seconds,
@@ -50,6 +53,9 @@ class InferRequest:
     binary: dict[str, bool] = field(default_factory=dict)  # output name -> send as bytes
     binary_default: bool = False
     classification: dict[str, int] = field(default_factory=dict)  # output name -> top k
+    # A raw image body (curl --data-binary @cat.jpg): answer with the top classes of the first
+    # output when the package has labels (dispatch decides), else the output as it is.
+    default_top_k: int | None = None
 
     @property
     def timeout(self) -> float | None:
@@ -225,6 +231,48 @@ def _from_json(data: Any, shape: tuple[int, ...], dtype: np.dtype[Any], name: st
     return array.reshape(shape)
 
 
+def _bytes_from_json(
+    data: Any, shape: tuple[int, ...], params: Mapping[str, Any], name: str
+) -> np.ndarray:
+    """A BYTES input given in JSON: strings, as UTF-8 text, or with ``parameters.content_type``
+    ``base64`` (as MLServer takes them), the bytes they encode (images: JSON strings cannot
+    carry arbitrary bytes)."""
+    flat = data if isinstance(data, list) else [data]
+    if any(isinstance(item, list) for item in flat):
+        flat = [v for item in flat for v in (item if isinstance(item, list) else [item])]
+    if not all(isinstance(item, str) for item in flat):
+        raise BadRequest(f"input '{name}': BYTES 'data' must hold strings")
+    if len(flat) != math.prod(shape):
+        raise BadRequest(
+            f"input '{name}': 'data' holds {len(flat)} values but shape {list(shape)} needs "
+            f"{math.prod(shape)}"
+        )
+    encoded = params.get("content_type") == "base64"
+    out = np.empty(len(flat), dtype=object)
+    for index, item in enumerate(flat):
+        try:
+            out[index] = base64.b64decode(item, validate=True) if encoded else item.encode()
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"input '{name}': element {index} is not valid base64") from None
+    return out.reshape(shape)
+
+
+def decode_image_body(body: bytes, signature: Signature | None) -> InferRequest:
+    """A request whose whole body is one encoded image (``Content-Type: image/jpeg``, as
+    ``curl --data-binary @cat.jpg`` sends it): the model's only input, as one BYTES element."""
+    names = signature.input_names if signature is not None else []
+    if len(names) != 1:
+        raise BadRequest(
+            f"an image body needs a model with one input; this one takes {names}: send a V2 "
+            f"request naming the input"
+        )
+    if not body:
+        raise BadRequest("the image body is empty")
+    image = np.empty(1, dtype=object)
+    image[0] = body
+    return InferRequest({names[0]: image}, default_top_k=5)
+
+
 def decode_request(
     body: bytes, header_length: str | None = None, signature: Signature | None = None
 ) -> InferRequest:
@@ -263,7 +311,22 @@ def decode_request(
         if size is None:
             if "data" not in tensor:
                 raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
-            inputs[name] = _from_json(tensor["data"], shape, dtype, name)
+            if dtype.kind == "O":
+                inputs[name] = _bytes_from_json(tensor["data"], shape, params, name)
+            else:
+                inputs[name] = _from_json(tensor["data"], shape, dtype, name)
+            continue
+        if dtype.kind == "O":  # BYTES: length-prefixed elements, any total size
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(f"input '{name}': binary_data_size must be a byte count")
+            if offset + size > len(binary):
+                raise BadRequest(
+                    f"input '{name}': the binary data is truncated ({len(binary) - offset} of "
+                    f"{size} bytes present)"
+                )
+            chunk = binary[offset : offset + size]
+            offset += size
+            inputs[name] = deserialize_bytes(chunk, math.prod(shape), name).reshape(shape)
             continue
         expected = math.prod(shape) * dtype.itemsize
         if not isinstance(size, int) or size != expected:

@@ -31,18 +31,20 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 
 from shipyard.errors import InputError
 from shipyard.serve.errors import (
+    BadRequest,
     InternalError,
     ServeError,
     ShuttingDown,
     Unauthorized,
     VersionRetired,
 )
+from shipyard.serve.images import EncodedImages, encoded_inputs
 from shipyard.serve.protocol import apply_classification
 from shipyard.serve.repository import Repository
 from shipyard.signature import Signature
@@ -132,6 +134,18 @@ class Failure(NamedTuple):
     bug: bool  # not one of our errors: the transport logs it with its traceback
 
 
+def _images(served: Any) -> EncodedImages:
+    """The version's encoded-image input; BadRequest when its package has none."""
+    images: EncodedImages | None = served.images
+    if images is None:
+        takes = served.signature.describe_inputs()
+        raise BadRequest(
+            f"BYTES inputs (encoded images) are taken only by a model whose package "
+            f"pre-processes images (preprocess: image in its recipe); this one takes {takes}"
+        )
+    return images
+
+
 def failure(error: BaseException) -> Failure:
     """The answer to ``error``: its status, message and Retry-After (500 for our bugs)."""
     if isinstance(error, ServeError):
@@ -218,20 +232,27 @@ class Dispatcher:
                 decoded = await asyncio.to_thread(transport.decode, payload, served.signature)
             else:
                 decoded = transport.decode(payload, served.signature)
+            inputs = decoded.inputs
+            if encoded_inputs(inputs):  # BYTES: encoded images the package pre-processes, or a 400
+                inputs = await asyncio.to_thread(_images(served).convert, inputs)
             timeout = decoded.timeout
             if deadline is not None:
                 left = max(deadline - (time.perf_counter() - started), 1e-6)
                 timeout = left if timeout is None else min(timeout, left)
             try:
-                outputs = await served.batcher.infer(decoded.inputs, timeout)
+                outputs = await served.batcher.infer(inputs, timeout)
             except VersionRetired:
                 if version is not None:
                     raise
                 # Unloaded or replaced since the lookup: the newest version answers.
                 served = self.repository.get(model, None)
-                outputs = await served.batcher.infer(decoded.inputs, timeout)
-            if decoded.classification:
-                outputs = apply_classification(outputs, decoded.classification, served.labels)
+                outputs = await served.batcher.infer(inputs, timeout)
+            wanted = decoded.classification
+            top_k = getattr(decoded, "default_top_k", None)
+            if top_k and served.labels and not wanted:  # a raw image body: its top classes
+                wanted = {next(iter(outputs)): top_k}
+            if wanted:
+                outputs = apply_classification(outputs, wanted, served.labels)
             encode = (served.name, served.version, outputs, decoded)
             if transport.encode_cost(outputs, decoded) > INLINE_VALUES:
                 encoded = await asyncio.to_thread(transport.encode, *encode)

@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.serve.codec import InferRequest, decode_request, encode_response
+from shipyard.serve.codec import (
+    InferRequest,
+    decode_image_body,
+    decode_request,
+    encode_response,
+)
 from shipyard.serve.dispatch import Dispatcher, Transport, failure
 from shipyard.serve.errors import BadRequest, PayloadTooLarge, ServeError, ShuttingDown
 from shipyard.signature import Signature
@@ -80,10 +85,11 @@ async def send_reply(send: Send, answer: Reply) -> None:
 
 
 # An inference request as HTTP hands it to dispatch: the ASGI receive callable and the
-# Content-Length, Inference-Header-Content-Length and Content-Encoding header values.
-HttpRequest = tuple[Receive, bytes | None, str | None, bytes | None]
-# The complete request: its body and Inference-Header-Content-Length.
-HttpBody = tuple[bytes, str | None]
+# Content-Length, Inference-Header-Content-Length, Content-Encoding and Content-Type values.
+HttpRequest = tuple[Receive, bytes | None, str | None, bytes | None, bytes | None]
+# The complete request: its body, Inference-Header-Content-Length, and whether the body is
+# one encoded image (Content-Type image/*) rather than a V2 request.
+HttpBody = tuple[bytes, str | None, bool]
 
 
 class HttpTransport(Transport[HttpRequest, HttpBody, InferRequest, tuple[bytes, int | None]]):
@@ -124,7 +130,7 @@ class HttpTransport(Transport[HttpRequest, HttpBody, InferRequest, tuple[bytes, 
             timer.cancel()
 
     async def _read(self, request: HttpRequest) -> HttpBody:
-        receive, length, header_length, encoding = request
+        receive, length, header_length, encoding, content_type = request
         if encoding not in (None, b"identity"):
             raise BadRequest("compressed request bodies (Content-Encoding) are not supported")
         limit = self.max_body_bytes
@@ -145,16 +151,21 @@ class HttpTransport(Transport[HttpRequest, HttpBody, InferRequest, tuple[bytes, 
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks), header_length
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        image = content_type is not None and content_type.startswith(b"image/")
+        return body, header_length, image
 
     def decode_cost(self, payload: HttpBody) -> int:
         # Binary tensors are views of the body. A JSON number takes at least ~4 bytes with its
         # separator, so JSON bodies go to a thread from 256 KiB on.
-        body, header_length = payload
-        return 0 if header_length is not None else len(body) // 4
+        body, header_length, image = payload
+        return 0 if header_length is not None or image else len(body) // 4
 
     def decode(self, payload: HttpBody, signature: Signature) -> InferRequest:
-        return decode_request(payload[0], payload[1], signature)
+        body, header_length, image = payload
+        if image:
+            return decode_image_body(body, signature)
+        return decode_request(body, header_length, signature)
 
     def encode_cost(self, outputs: Mapping[str, np.ndarray], decoded: InferRequest) -> int:
         # Counted in 4-byte values whether JSON or binary: joining binary outputs copies them.
@@ -183,7 +194,7 @@ class Inference:
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
         """Answer one request (nothing when the client left before its body arrived)."""
-        length = header_length = authorization = encoding = None
+        length = header_length = authorization = encoding = content_type = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
@@ -193,7 +204,9 @@ class Inference:
                 authorization = value
             elif key == b"content-encoding":
                 encoding = value
-        request = (receive, length, header_length, encoding)
+            elif key == b"content-type":
+                content_type = value.lower()
+        request = (receive, length, header_length, encoding, content_type)
         try:
             content, json_length = await self.dispatcher.infer(
                 self.transport, request, model, version, authorization

@@ -70,6 +70,34 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
+    """``count`` BYTES elements from their raw form (see :func:`serialize_bytes`), as an object
+    array of bytes; BadRequest when the buffer holds fewer, more, or a length past its end."""
+    view = memoryview(buffer)
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise BadRequest(f"input '{name}': a BYTES element's 4-byte length is cut off")
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(view):
+            raise BadRequest(
+                f"input '{name}': BYTES element {len(elements)} declares {size} bytes but "
+                f"{len(view) - offset} remain"
+            )
+        elements.append(bytes(view[offset : offset + size]))
+        offset += size
+    if len(elements) != count:
+        raise BadRequest(
+            f"input '{name}': the BYTES data holds {len(elements)} elements but the shape needs "
+            f"{count}"
+        )
+    out = np.empty(count, dtype=object)
+    out[:] = elements
+    return out
+
+
 def classification_count(value: Any, name: str) -> int | None:
     """The ``classification`` parameter of output ``name``: how many top classes to return
     (None when absent or 0). BadRequest unless it is a positive integer."""
@@ -135,12 +163,13 @@ def apply_classification(
 def input_dtype(datatype: Any, name: str, signature: Signature | None) -> np.dtype[Any]:
     """The numpy dtype of input ``name`` sent as ``datatype`` (a V2 name such as ``"FP32"``).
 
-    Raises BadRequest for BYTES, an unknown datatype, or one the model's input of that name
-    does not take. An input the signature does not name passes here: the signature check
-    names it together with the missing ones.
+    BYTES gives an object array of bytes elements: whether the model takes it (encoded images,
+    when its package pre-processes them) is for dispatch to say. Raises BadRequest for an
+    unknown datatype, or one the model's input of that name does not take. An input the
+    signature does not name passes here: the signature check names it with the missing ones.
     """
     if datatype == "BYTES":
-        raise BadRequest(f"input '{name}': BYTES tensors are not supported by this server")
+        return np.dtype(object)
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise BadRequest(

@@ -19,6 +19,7 @@ from shipyard.errors import ServingConfigError
 from shipyard.package import MANIFEST, Package, load_package
 from shipyard.runtimes.base import Session, open_session
 from shipyard.serve.batcher import Batcher
+from shipyard.serve.images import EncodedImages
 from shipyard.serve.metrics import VersionMetrics
 from shipyard.serve.protocol import datatype_of
 from shipyard.serving import LatestPolicy, ServingConfig, SpecificPolicy
@@ -49,6 +50,7 @@ class OpenedVersion:
     digest: str
     seconds: float
     labels: list[str] | None = None  # class names, one per output index (postprocess: labels)
+    images: EncodedImages | None = None  # encoded images its package pre-processes
     signed_by: str | None = None  # who signed it (a key fingerprint), when verified
 
 
@@ -89,6 +91,7 @@ class ModelVersion:
         self.artifact, self.artifact_reason = opened.artifact, opened.artifact_reason
         self.backend = opened.backend
         self.labels = opened.labels
+        self.images = opened.images
         self.signed_by = opened.signed_by
         self.platform = _PLATFORMS.get(opened.backend, opened.backend)
         self.inputs = [_tensor_metadata(s) for s in self.signature.inputs]
@@ -151,6 +154,12 @@ class ModelVersion:
                 "artifact": {"string_value": self.artifact.name},
                 "artifact_reason": {"string_value": self.artifact_reason},
                 **({"signed_by": {"string_value": self.signed_by}} if self.signed_by else {}),
+                **(
+                    {"encoded_input": {"string_value": self.images.describe()}}
+                    if self.images is not None
+                    else {}
+                ),
+                **({"labels": {"string_value": str(len(self.labels))}} if self.labels else {}),
             },
         }
 
@@ -220,7 +229,21 @@ def open_version(folder: Path, verifier: PackageVerifier | None = None) -> Opene
             session.close()
         raise
     labels = read_labels(package)
+    try:
+        images = EncodedImages.from_manifest(package.manifest, artifact.signature)
+    except ValueError as error:  # pydantic: the manifest's preprocess section
+        raise ServingConfigError(f"invalid preprocess section: {error}") from error
     seconds = time.perf_counter() - started
     return OpenedVersion(
-        package, config, sessions, artifact, why, backend, digest, seconds, labels, signed_by
+        package,
+        config,
+        sessions,
+        artifact,
+        why,
+        backend,
+        digest,
+        seconds,
+        labels=labels,
+        images=images,
+        signed_by=signed_by,
     )

@@ -1,12 +1,13 @@
 """``ModelInferRequest`` ↔ numpy: the gRPC counterpart of :mod:`shipyard.serve.codec`.
 
 Inputs come either all in ``raw_input_contents`` (one entry per input, in order: what
-tritonclient sends) or each in its typed ``contents`` field. Datatypes, their checks against the
-model and the error messages are those of the HTTP codec (both use
-:mod:`shipyard.serve.protocol`); BYTES is refused. Outputs go back the
-way inputs came: raw when the request was raw (tritonclient reads only raw outputs), typed
-otherwise, and raw in any case when an output is FP16 (it has no typed field). The request ``id``
-and its parameters, except the protocol's own (``timeout`` ...), are echoed in the response.
+tritonclient sends) or each in its typed ``contents`` field. Datatypes, their checks against
+the model and the error messages are those of the HTTP codec (both use
+:mod:`shipyard.serve.protocol`); BYTES inputs (encoded images) come in ``bytes_contents`` or
+length-prefixed in raw contents. Outputs go back the way inputs came: raw when the request was
+raw (tritonclient reads only raw outputs), typed otherwise, and raw in any case when an output
+is FP16 (it has no typed field). The request ``id`` and its parameters, except the protocol's
+own (``timeout`` ...), are echoed in the response.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from shipyard.serve.protocol import (
     as_bytes,
     classification_count,
     datatype_of,
+    deserialize_bytes,
     input_dtype,
     serialize_bytes,
     timeout_seconds,
@@ -44,6 +46,7 @@ CONTENTS = {
     "UINT64": "uint64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _SHARED_MEMORY = "shared_memory_region"
 
@@ -77,6 +80,8 @@ def _refuse_shared_memory(parameters: Mapping[str, pb.InferParameter], what: str
 
 
 def _from_raw(raw: bytes, shape: tuple[int, ...], dtype: np.dtype[Any], name: str) -> np.ndarray:
+    if dtype.kind == "O":  # BYTES: length-prefixed elements
+        return deserialize_bytes(raw, math.prod(shape), name).reshape(shape)
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise BadRequest(
@@ -103,6 +108,10 @@ def _from_contents(
             f"{list(shape)} needs {expected}"
             + (f" (the request sets {given})" if given and given != [field] else "")
         )
+    if dtype.kind == "O":
+        array = np.empty(expected, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
     try:
         array = np.array(values, dtype=dtype)
     except (OverflowError, ValueError) as error:
