@@ -234,7 +234,7 @@ class Dispatcher:
                 decoded = transport.decode(payload, served.signature)
             inputs = decoded.inputs
             if encoded_inputs(inputs):  # BYTES: encoded images the package pre-processes, or a 400
-                inputs = await asyncio.to_thread(_images(served).convert, inputs)
+                inputs = await _images(served).convert_async(inputs)
             timeout = decoded.timeout
             if deadline is not None:
                 left = max(deadline - (time.perf_counter() - started), 1e-6)

@@ -12,6 +12,7 @@ batches the tensors as usual.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ from shipyard.serve.errors import BadRequest
 from shipyard.signature import Signature
 
 # One pool for the process: decoding is CPU work, so more threads than cores only queue.
-_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="shipyard-image")
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_POOL = ThreadPoolExecutor(max_workers=_CORES or 2, thread_name_prefix="shipyard-image")
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,7 @@ class EncodedImages:
         size = f", resized and cropped to {crop[0]}x{crop[1]}" if crop else ""
         return f"{self.input}: BYTES of encoded images (JPEG, PNG, WebP...){size}"
 
-    def convert(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``inputs`` with the encoded images of ``self.input`` replaced by the model's
-        tensor. BadRequest naming the input and the element when an image cannot be used."""
+    def _images(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         images = inputs[self.input]
         if images.ndim == 2 and images.shape[1] == 1:
             images = images[:, 0]
@@ -65,18 +65,32 @@ class EncodedImages:
                 f"input '{self.input}': send encoded images as BYTES of shape [N] or [N, 1], "
                 f"one image per element; got shape {list(inputs[self.input].shape)}"
             )
+        return images
 
-        def one(index: int) -> np.ndarray:
-            try:
-                return preprocess([images[index]], self.config)
-            except InputError as error:  # ImageError included: not an image, too big...
-                raise BadRequest(f"input '{self.input}' image {index}: {error}") from None
+    def _one(self, images: np.ndarray, index: int) -> np.ndarray:
+        try:
+            return preprocess([images[index]], self.config)
+        except InputError as error:  # ImageError included: not an image, too big...
+            raise BadRequest(f"input '{self.input}' image {index}: {error}") from None
 
-        if images.size == 1:
-            batch = one(0)
-        else:
-            batch = np.concatenate(list(_POOL.map(one, range(images.size))))
+    def convert(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``inputs`` with the encoded images of ``self.input`` replaced by the model's
+        tensor, in this thread. BadRequest naming the input and the element when an image
+        cannot be used."""
+        images = self._images(inputs)
+        batch = np.concatenate([self._one(images, i) for i in range(images.size)])
         return {**inputs, self.input: batch}
+
+    async def convert_async(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`convert` on the image pool, the images of one request in parallel. The pool
+        has one thread per core: decoding is CPU work, and more threads than cores (as
+        ``asyncio.to_thread``'s executor has) only take turns with the model's threads."""
+        images = self._images(inputs)
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(_POOL, self._one, images, i) for i in range(images.size))
+        )
+        return {**inputs, self.input: np.concatenate(parts)}
 
 
 def encoded_inputs(inputs: Mapping[str, np.ndarray]) -> list[str]:
