@@ -33,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -141,6 +142,64 @@ class Examples:
         table = table.replace(f":{port}", ":8000").replace(f"{self.folder}/", "")
         started = "$ shipyard serve out\n" + table.rstrip()
         return f"{started}\n\n{curl}"
+
+    def images(self) -> str:
+        """EfficientNet-Lite0 (the example's model, processing and labels; fp32 ONNX only)
+        served, and a photo sent as the request body."""
+        recipe = (REPO / "examples/efficientnet/recipe.yaml").read_text().split("data:")[0]
+        recipe += "passes: [{export: {opset: 18}}]\nvalidate: {samples: 2}\n"
+        (self.folder / "efficientnet.yaml").write_text(recipe)
+        self.shipyard("build", "efficientnet.yaml", "-o", "models", "--no-bench")
+        from shipyard.examples.efficientnet.data import photo_path
+
+        (self.folder / "cat.png").write_bytes(photo_path("chelsea").read_bytes())
+
+        def ask(base: str) -> str:
+            post = urllib.request.Request(
+                f"{base}/v2/models/efficientnet-lite0/infer",
+                data=(self.folder / "cat.png").read_bytes(),
+                headers={"Content-Type": "image/png"},
+            )
+            with urllib.request.urlopen(post, timeout=60) as answer:
+                body = json.loads(answer.read())
+            output = body["outputs"][0]
+            output["data"] = [
+                f"{float(v.split(':')[0]):.2f}:{v.split(':', 1)[1]}" for v in output["data"]
+            ]
+            return json.dumps(body, separators=(",", ":"))
+
+        answer = _serve_once(self.env, self.folder, "models", ask)
+        curl = (
+            "$ curl -s --data-binary @cat.png -H 'Content-Type: image/png' "
+            "http://127.0.0.1:8000/v2/models/efficientnet-lite0/infer"
+        )
+        return f"{curl}\n{answer}"
+
+
+def _serve_once(env: dict[str, str], folder: Path, repository: str, ask: Any) -> str:
+    """Start ``shipyard serve repository`` on a free port, return ``ask(base_url)``, stop."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "shipyard", "serve", repository, "--port", str(port)],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("shipyard serve did not become ready") from None
+                time.sleep(0.2)
+        return str(ask(base))
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=60)
 
 
 def _numbers_close(a: str, b: str) -> bool:
