@@ -39,6 +39,7 @@ from shipyard.report import candidate_rows, write_report
 from shipyard.runtimes import default_backend
 from shipyard.signing import sign_package, signing_identity
 from shipyard.sources import load_model
+from shipyard.stateful import Stepper
 from shipyard.validate import Gates, ValidationReport, run_alone, validate
 
 _VERSIONED = ("shipyard", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy")
@@ -117,8 +118,11 @@ def prepare(
     steps(Stage.LOAD, f"loaded {recipe.model.source}")
     check_processing(recipe, reference.signature)
     sources = recipe.data.model_dump(exclude_none=True)
+    signature = reference.signature
+    if recipe.serve.sequence is not None:  # data holds what clients send: chunks, no state
+        signature = Stepper(signature, recipe.serve.sequence).client
     data = {
-        role: load_data(recipe.resolve(spec), reference.signature, preprocess=recipe.preprocess)
+        role: load_data(recipe.resolve(spec), signature, preprocess=recipe.preprocess)
         for role, spec in sources.items()
     }
     if data:
@@ -146,6 +150,7 @@ def validate_artifact(
         batch_size=settings.batch_size,
         task=recipe.task,
         reference_cache=reference_cache,
+        sequence=recipe.serve.sequence,
     )
 
 
@@ -417,4 +422,5 @@ def _run_alone(recipe: Recipe, model: Artifact, data: dict[str, Dataset]) -> Val
         samples=settings.samples,
         batch_size=settings.batch_size,
         task=recipe.task,
+        sequence=recipe.serve.sequence,
     )

@@ -24,10 +24,15 @@ _LABEL_KEYS = ("labels", "label", "y")
 
 @dataclass
 class Dataset:
-    """Inputs by name (first axis = samples) and optional labels."""
+    """Inputs by name (first axis = samples) and optional labels.
+
+    ``sequences``: for a stateful model, each row's sequence id (rows of one sequence in
+    their order; see :func:`shipyard.stateful.run_sequences`); None: one sequence.
+    """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    sequences: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -36,7 +41,8 @@ class Dataset:
         if count is None or count >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:count]
-        return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels)
+        sequences = None if self.sequences is None else self.sequences[:count]
+        return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels, sequences)
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), size):
@@ -121,6 +127,8 @@ def check_dataset(dataset: Dataset, signature: Signature, what: str) -> None:
     lengths = {name: len(array) for name, array in dataset.inputs.items()}
     if dataset.labels is not None:
         lengths["labels"] = len(dataset.labels)
+    if dataset.sequences is not None:
+        lengths["sequences"] = len(dataset.sequences)
     if len(set(lengths.values())) != 1:
         raise DataError(f"data '{what}': arrays differ in sample count: {lengths}")
     if len(dataset) == 0:

@@ -64,6 +64,11 @@ class ImageError(InputError):
     limit, truncated, or of a pixel type we cannot convert to 8-bit RGB."""
 
 
+class AudioError(InputError):
+    """An audio clip cannot be used: not a WAV file we read, at a sample rate the model does
+    not take, or longer than the limit."""
+
+
 class BackendError(ShipyardError):
     """A runtime backend cannot execute the artifact as asked (e.g. a GPU EP fell back to CPU)."""
 

@@ -31,6 +31,7 @@ class Gates(BaseModel):
     min_confident_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
     max_auc_drop: float | None = Field(default=None, ge=0, le=1)  # task: binary
+    max_f1_drop: float | None = Field(default=None, ge=0, le=1)  # task: detection
 
     def merged(self, **overrides: float | None) -> Gates:
         """These gates with every non-None override applied (command-line flags win).
@@ -148,4 +149,8 @@ def gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
         auc_drop = report.auc_drop
         ok = auc_drop is not None and auc_drop <= gates.max_auc_drop + 1e-12
         results.append(GateResult("max_auc_drop", gates.max_auc_drop, auc_drop, ok))
+    if gates.max_f1_drop is not None:  # unmeasured (no labels, no positive frame): fails
+        f1_drop = report.f1_drop
+        ok = f1_drop is not None and f1_drop <= gates.max_f1_drop + 1e-12
+        results.append(GateResult("max_f1_drop", gates.max_f1_drop, f1_drop, ok))
     return results

@@ -196,8 +196,9 @@ class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(default=1, ge=1)
     description: str = ""
-    # classification: accuracy from labels; binary: one score per row, AUC and log-loss
-    task: Literal["classification", "binary", "other"] = "classification"
+    # classification: accuracy from labels; binary: one score per row, AUC and log-loss;
+    # detection: one yes/no per frame (speech?), precision/recall/F1 at 0.5
+    task: Literal["classification", "binary", "detection", "other"] = "classification"
     model: ModelSource
     signature: Signature | None = None
     data: DataSources = Field(default_factory=DataSources)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shipyard.errors import ServingConfigError
+from shipyard.stateful import SequenceConfig
 
 
 class _Strict(BaseModel):
@@ -74,6 +75,8 @@ class ServingConfig(_Strict):
     - ``instances``: sessions run concurrently, each with ``threads`` threads.
     - ``version_policy``: ``{"latest": N}``, ``{"specific": [..]}`` or ``{"all": true}``; the
       newest version's manifest decides for the whole model.
+    - ``sequence``: the model keeps state per sequence (see :mod:`shipyard.stateful`); then
+      ``max_batch_size`` is the most sequences stepped in one call.
     """
 
     artifact: str | None = None
@@ -85,6 +88,7 @@ class ServingConfig(_Strict):
     instances: int = Field(default=1, ge=1)
     threads: int = Field(default=1, ge=1)
     version_policy: VersionPolicy = Field(default_factory=lambda: LatestPolicy(latest=1))
+    sequence: SequenceConfig | None = None
 
     @model_validator(mode="after")
     def _preferred_fit(self) -> ServingConfig:

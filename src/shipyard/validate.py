@@ -5,7 +5,12 @@ same inputs and reports, per output: max/mean absolute error, max relative error
 similarity, NaN/Inf counts, and for classifier outputs the agreement of the two: top-1, top-5
 (the reference's top-1 among the candidate's five best) and top-1 on the samples where the
 reference is confident; with labels, the accuracy of both and the drop (``task: binary``: AUC
-and log-loss, see ``binary_metrics``). Gates turn those numbers into pass/fail.
+and log-loss, see ``binary_metrics``; ``task: detection``: frame-level precision, recall and F1,
+see ``detection_metrics``). Gates turn those numbers into pass/fail.
+
+A stateful model (``sequence``: the recipe's ``serve: sequence:``) is validated as it is
+served: the data's rows are chunks, each sequence's in order with its state carried
+(:func:`shipyard.stateful.run_sequences`), and only the outputs a client gets are compared.
 
 ``run_alone(artifact, data)`` is for a model that is its own reference (a model file packaged
 as it is): it runs once, with nothing to compare, and reports its outputs and accuracy.
@@ -21,10 +26,12 @@ import numpy as np
 from shipyard.artifact import Artifact
 from shipyard.binary_metrics import binary_scores
 from shipyard.data import Dataset
+from shipyard.detection_metrics import detection_scores
 from shipyard.errors import ComparisonError, DataError, InputError
 from shipyard.gates import GateResult, Gates, gate_results
 from shipyard.processing.labels import softmax
 from shipyard.runtimes import open_session
+from shipyard.stateful import SequenceConfig, Stepper, run_sequences
 
 # Relative error divides by |reference|; this floor keeps exact zeros from dividing by 0.
 _REL_FLOOR = 1e-6
@@ -85,6 +92,13 @@ class ValidationReport:
     auc_candidate: float | None = None
     log_loss_reference: float | None = None
     log_loss_candidate: float | None = None
+    # task: detection, with frame labels: precision, recall and F1 (detection_metrics)
+    precision_reference: float | None = None
+    precision_candidate: float | None = None
+    recall_reference: float | None = None
+    recall_candidate: float | None = None
+    f1_reference: float | None = None
+    f1_candidate: float | None = None
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -99,6 +113,12 @@ class ValidationReport:
         return self.auc_reference - self.auc_candidate
 
     @property
+    def f1_drop(self) -> float | None:
+        if self.f1_reference is None or self.f1_candidate is None:
+            return None
+        return self.f1_reference - self.f1_candidate
+
+    @property
     def passed(self) -> bool:
         return all(gate.passed for gate in self.gates)
 
@@ -108,6 +128,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(accuracy_drop=self.accuracy_drop, auc_drop=self.auc_drop, passed=self.passed)
+        data["f1_drop"] = self.f1_drop
         return data
 
 
@@ -188,15 +209,24 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def run_all(
-    artifact: Artifact, data: Dataset, batch_size: int, threads: int | None
+    artifact: Artifact,
+    data: Dataset,
+    batch_size: int,
+    threads: int | None,
+    sequence: SequenceConfig | None = None,
 ) -> dict[str, np.ndarray]:
     """Run every batch of ``data`` through the artifact; concatenate outputs by name.
 
     ``data`` is channels-first (PyTorch's layout); inputs and outputs the artifact's signature
-    declares NHWC are transposed on the way in and back on the way out.
+    declares NHWC are transposed on the way in and back on the way out. With ``sequence``
+    the rows are steps of sequences (``data.sequences``), run in order with their state.
     """
-    chunks: dict[str, list[np.ndarray]] = {}
     signature = artifact.signature
+    if sequence is not None:
+        stepper = Stepper(signature, sequence)
+        with open_session(artifact, threads=threads) as session:
+            return run_sequences(session, data.inputs, data.sequences, stepper, batch_size)
+    chunks: dict[str, list[np.ndarray]] = {}
     inputs = {spec.name: spec for spec in signature.inputs}
     outputs = {spec.name: spec for spec in signature.outputs}
     with open_session(artifact, threads=threads) as session:
@@ -211,18 +241,27 @@ def run_all(
 
 
 def comparison_data(
-    reference: Artifact, data: Dataset | None, samples: int | None, batch_size: int, seed: int
+    reference: Artifact,
+    data: Dataset | None,
+    samples: int | None,
+    batch_size: int,
+    seed: int,
+    sequence: SequenceConfig | None = None,
 ) -> Dataset:
     """The first ``samples`` of ``data``, or ``samples`` (default 64) seeded random inputs
-    for ``reference``'s signature. Raises InputError for a ``samples`` or ``batch_size``
-    below 1 and DataError for a data set without samples: no comparison could run on them.
+    for ``reference``'s signature (with ``sequence``: its clients', one sequence). Raises
+    InputError for a ``samples`` or ``batch_size`` below 1 and DataError for a data set
+    without samples: no comparison could run on them.
     """
     if samples is not None and samples < 1:
         raise InputError(f"samples must be at least 1, got {samples}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if data is None:
-        return Dataset(reference.signature.example_inputs(batch=samples or 64, seed=seed))
+        signature = reference.signature
+        if sequence is not None:
+            signature = Stepper(signature, sequence).client
+        return Dataset(signature.example_inputs(batch=samples or 64, seed=seed))
     if not data.inputs or len(data) == 0:
         raise DataError("the data to compare on holds no samples; give at least one")
     return data.take(samples)
@@ -240,6 +279,7 @@ def validate(
     task: str = "classification",
     seed: int = 0,
     reference_cache: dict[str, np.ndarray] | None = None,
+    sequence: SequenceConfig | None = None,
 ) -> ValidationReport:
     """Compare ``candidate`` with ``reference`` on ``data`` (or on seeded random inputs).
 
@@ -248,14 +288,16 @@ def validate(
     ``task="binary"`` the first output (one score per row) gives each one's AUC and log-loss.
     ``reference_cache``: the reference's outputs on these inputs (an empty dict is filled):
     several candidates on the same data run the reference once (~20 s for EfficientNet).
+    ``task="detection"``: the first output's frame-level precision, recall and F1.
+    ``sequence``: a stateful model's settings; the data's rows are run as its sequences.
     """
     gates = gates or Gates()
     random_inputs = data is None
-    data = comparison_data(reference, data, samples, batch_size, seed)
-    ref_out = reference_cache or run_all(reference, data, batch_size, threads)
+    data = comparison_data(reference, data, samples, batch_size, seed, sequence)
+    ref_out = reference_cache or run_all(reference, data, batch_size, threads, sequence)
     if reference_cache is not None and not reference_cache:
         reference_cache.update(ref_out)
-    cand_out = run_all(candidate, data, batch_size, threads)
+    cand_out = run_all(candidate, data, batch_size, threads, sequence)
     report = build_report(
         reference.name, candidate.name, ref_out, cand_out, data.labels, gates, task
     )
@@ -281,6 +323,7 @@ def run_alone(
     threads: int | None = None,
     task: str = "classification",
     seed: int = 0,
+    sequence: SequenceConfig | None = None,
 ) -> ValidationReport:
     """Run ``artifact`` once on ``data`` (or seeded random inputs), comparing nothing: for
     a model that is its own reference, whose parity with itself would be exact by
@@ -289,19 +332,33 @@ def run_alone(
     are judged against a reference, and a model may return NaN for inputs it never sees.
     """
     random_inputs = data is None
-    data = comparison_data(artifact, data, samples, batch_size, seed)
-    outputs = run_all(artifact, data, batch_size, threads)
+    data = comparison_data(artifact, data, samples, batch_size, seed, sequence)
+    outputs = run_all(artifact, data, batch_size, threads, sequence)
     ran = [OutputRun(name, list(value.shape), _nonfinite(value)) for name, value in outputs.items()]
     first, name = next(iter(outputs.values())), artifact.name
     report = ValidationReport(name, name, len(first), [], random_inputs=random_inputs)
     report.parity, report.ran = False, ran
-    if data.labels is not None and task == "classification":
+    if data.labels is not None:
         _check_labels(data.labels, len(first))
-        report.accuracy_candidate = _accuracy(first, data.labels)
-    if data.labels is not None and task == "binary":
-        scores = binary_scores(first, data.labels)
-        report.auc_candidate, report.log_loss_candidate = scores.auc, scores.log_loss
+        _task_metrics(report, "candidate", first, data.labels, task)
     return report
+
+
+def _task_metrics(
+    report: ValidationReport, side: str, first: np.ndarray, labels: np.ndarray, task: str
+) -> None:
+    """Set ``side``'s (``reference``/``candidate``) task metrics from its first output."""
+    if task == "classification":
+        setattr(report, f"accuracy_{side}", _accuracy(first, labels))
+    elif task == "binary":
+        scores = binary_scores(first, labels)
+        setattr(report, f"auc_{side}", scores.auc)
+        setattr(report, f"log_loss_{side}", scores.log_loss)
+    elif task == "detection":
+        found = detection_scores(first, labels)
+        setattr(report, f"precision_{side}", found.precision)
+        setattr(report, f"recall_{side}", found.recall)
+        setattr(report, f"f1_{side}", found.f1)
 
 
 def build_report(
@@ -339,13 +396,8 @@ def build_report(
     if labels is not None:
         _check_labels(labels, samples)
     report = ValidationReport(reference, candidate, samples, outputs)
-    if labels is not None and task == "classification":
-        first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))
-        report.accuracy_reference = _accuracy(first_ref, labels)
-        report.accuracy_candidate = _accuracy(first_cand, labels)
-    if labels is not None and task == "binary":
-        ref, cand = (binary_scores(next(iter(o.values())), labels) for o in (ref_out, cand_out))
-        report.auc_reference, report.log_loss_reference = ref.auc, ref.log_loss
-        report.auc_candidate, report.log_loss_candidate = cand.auc, cand.log_loss
+    if labels is not None:
+        _task_metrics(report, "reference", next(iter(ref_out.values())), labels, task)
+        _task_metrics(report, "candidate", next(iter(cand_out.values())), labels, task)
     report.gates = gate_results(report, gates)
     return report
