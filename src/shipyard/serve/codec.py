@@ -37,6 +37,7 @@ from shipyard.serve.protocol import (
     serialize_bytes,
     timeout_seconds,
 )
+from shipyard.serve.sequence_control import SequenceControl, sequence_control
 from shipyard.signature import Signature
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -61,6 +62,11 @@ class InferRequest:
     def timeout(self) -> float | None:
         """``parameters.timeout`` (microseconds, as tritonclient sends it) in seconds."""
         return timeout_seconds(self.parameters.get("timeout"))
+
+    @property
+    def sequence(self) -> SequenceControl | None:
+        """The sequence parameters (a stateful model's), or None."""
+        return sequence_control(self.parameters)
 
 
 def parse_json(body: bytes) -> Any:
@@ -393,6 +399,9 @@ def encode_response(
     names: Sequence[str] = request.outputs if request.outputs is not None else list(outputs)
     described: list[dict[str, Any]] = []
     blobs: list[Any] = []  # bytes, or an array's buffer
+    missing = [name for name in names if name not in outputs]
+    if missing:  # e.g. a whole clip's output asked of one chunk
+        raise BadRequest(f"unknown output(s) {missing} for this request; it gives {list(outputs)}")
     for name in names:
         array = outputs[name]
         entry: dict[str, Any] = {

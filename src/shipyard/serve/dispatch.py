@@ -13,8 +13,9 @@ between happens here, once, in this order:
 4. decoding, in a worker thread when it converts more than ``INLINE_VALUES`` values one by
    one: parsing megabytes of JSON numbers takes milliseconds that would stall every other
    request on the event loop; raw bytes are never counted (``np.frombuffer`` is free),
-5. batching; when the version was unloaded or replaced after the lookup and the request named
-   no version, once more on the newest one,
+5. batching (a stateful version's sequence batcher with the request's sequence parameters:
+   :mod:`shipyard.serve.sequences`); when the version was unloaded or replaced after the lookup
+   and the request named no version, once more on the newest one,
 6. Triton's classification extension on the outputs that ask for it (the package's labels),
    then encoding, under the same rule as decoding,
 7. metrics: the in-flight gauge, latency, and requests by model, version and status.
@@ -47,6 +48,7 @@ from shipyard.serve.errors import (
 from shipyard.serve.images import EncodedImages, encoded_inputs
 from shipyard.serve.protocol import apply_classification
 from shipyard.serve.repository import Repository
+from shipyard.serve.sequence_control import SequenceControl
 from shipyard.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,11 @@ class DecodedRequest(Protocol):
     @property
     def classification(self) -> Mapping[str, int]:
         """Outputs to return as their top classes (Triton's classification extension)."""
+        ...
+
+    @property
+    def sequence(self) -> SequenceControl | None:
+        """``sequence_id``/``sequence_start``/``sequence_end`` (None: no sequence named)."""
         ...
 
 
@@ -144,6 +151,16 @@ def _images(served: Any) -> EncodedImages:
             f"pre-processes images (preprocess: image in its recipe); this one takes {takes}"
         )
     return images
+
+
+async def _batch(served: Any, inputs: dict[str, np.ndarray], decoded: Any, timeout: Any) -> Outputs:
+    """The outputs of ``served``'s batcher: the sequence batcher with the request's sequence
+    parameters for a stateful version, else the dynamic batcher."""
+    if served.sequences is not None:
+        outputs: Outputs = await served.sequences.infer(inputs, decoded.sequence, timeout)
+        return outputs
+    outputs = await served.batcher.infer(inputs, timeout)
+    return outputs
 
 
 def failure(error: BaseException) -> Failure:
@@ -233,20 +250,22 @@ class Dispatcher:
             else:
                 decoded = transport.decode(payload, served.signature)
             inputs = decoded.inputs
-            if encoded_inputs(inputs):  # BYTES: encoded images the package pre-processes, or a 400
+            # BYTES: encoded images the package pre-processes, or a 400 (a stateful version
+            # takes whole clips in its sequence batcher)
+            if encoded_inputs(inputs) and served.sequences is None:
                 inputs = await _images(served).convert_async(inputs)
             timeout = decoded.timeout
             if deadline is not None:
                 left = max(deadline - (time.perf_counter() - started), 1e-6)
                 timeout = left if timeout is None else min(timeout, left)
             try:
-                outputs = await served.batcher.infer(inputs, timeout)
+                outputs = await _batch(served, inputs, decoded, timeout)
             except VersionRetired:
                 if version is not None:
                     raise
                 # Unloaded or replaced since the lookup: the newest version answers.
                 served = self.repository.get(model, None)
-                outputs = await served.batcher.infer(inputs, timeout)
+                outputs = await _batch(served, inputs, decoded, timeout)
             wanted = decoded.classification
             top_k = getattr(decoded, "default_top_k", None)
             if top_k and served.labels and not wanted:  # a raw image body: its top classes

@@ -2,9 +2,9 @@
 
 Names (all prefixed ``shipyard_``): ``requests_total{model,version,status}``,
 ``request_duration_seconds``, ``queue_duration_seconds``, ``compute_duration_seconds``,
-``batch_size`` (rows per executed batch), ``queue_depth``, ``inflight_requests`` and
-``model_load_seconds``. Requests for unknown models are counted with empty labels so that a
-client cannot grow the label set.
+``batch_size`` (rows per executed batch), ``queue_depth``, ``inflight_requests``,
+``model_load_seconds`` and, for stateful versions, ``live_sequences``. Requests for unknown
+models are counted with empty labels so that a client cannot grow the label set.
 """
 
 from __future__ import annotations
@@ -106,6 +106,13 @@ class ServeMetrics:
             registry=self.registry,
         )
 
+        self.live_sequences = Gauge(
+            "shipyard_live_sequences",
+            "Sequences whose state a stateful version keeps",
+            labels,
+            registry=self.registry,
+        )
+
     def version(self, model: str, version: int) -> VersionMetrics:
         """The children of ``model``/``version`` (set ``queue_depth.set_function`` on it)."""
         return VersionMetrics(self, model, str(version))
@@ -116,8 +123,9 @@ class ServeMetrics:
 
     def forget(self, model: str, version: int) -> None:
         """Drop the queue-depth gauge of an unloaded version (its queue no longer exists)."""
-        with contextlib.suppress(KeyError):
-            self.queue_depth.remove(model, str(version))
+        for gauge in (self.queue_depth, self.live_sequences):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, str(version))
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

@@ -34,6 +34,7 @@ from shipyard.serve.errors import (
 )
 from shipyard.serve.layout import NAME_PATTERN, VERSION_PATTERN, Layout, find_layout
 from shipyard.serve.metrics import ServeMetrics
+from shipyard.serve.sequences import SequenceBatcher
 from shipyard.serve.version import ModelVersion, manifest_digest, open_version
 from shipyard.serving import AllPolicy, LatestPolicy, ServingConfig, VersionPolicy
 from shipyard.signing import SIGNATURE_FILE, PackageVerifier
@@ -335,7 +336,13 @@ class Repository:
             return None, detail
         label = f"model '{model.name}' version {number}"
         bound = self.metrics.version(model.name, number)
-        batcher = Batcher(opened.sessions, opened.config, label=label, metrics=bound)
+        batcher: Batcher | SequenceBatcher
+        if opened.config.sequence is not None:  # stateful: serve/sequences.py
+            batcher = SequenceBatcher(opened.sessions, opened.config, label=label, metrics=bound)
+            live = self.metrics.live_sequences.labels(model.name, str(number))
+            live.set_function(lambda: batcher.live)  # type: ignore[union-attr]
+        else:
+            batcher = Batcher(opened.sessions, opened.config, label=label, metrics=bound)
         bound.queue_depth.set_function(lambda: batcher.depth)
         batcher.start()
         self.metrics.load_seconds.labels(model.name, str(number)).set(opened.seconds)

@@ -22,8 +22,11 @@ from shipyard.serve.batcher import Batcher
 from shipyard.serve.images import EncodedImages
 from shipyard.serve.metrics import VersionMetrics
 from shipyard.serve.protocol import datatype_of
+from shipyard.serve.sequences import SequenceBatcher
+from shipyard.serve.speech import SpeechClips
 from shipyard.serving import LatestPolicy, ServingConfig, SpecificPolicy
 from shipyard.signature import TensorSpec
+from shipyard.stateful import Stepper
 
 if TYPE_CHECKING:
     from shipyard.signing import PackageVerifier
@@ -80,13 +83,15 @@ class ModelVersion:
         name: str,
         version: int,
         opened: OpenedVersion,
-        batcher: Batcher,
+        batcher: Batcher | SequenceBatcher,
         metrics: VersionMetrics,
     ) -> None:
         self.name, self.version = name, version
         self.package, self.config = opened.package, opened.config
         self.digest, self.load_seconds = opened.digest, opened.seconds
         self.batcher, self.metrics = batcher, metrics
+        # Stateful versions: their batcher keeps sequences (dispatch passes the parameters).
+        self.sequences = batcher if isinstance(batcher, SequenceBatcher) else None
         self.signature = batcher.signature
         self.artifact, self.artifact_reason = opened.artifact, opened.artifact_reason
         self.backend = opened.backend
@@ -148,6 +153,7 @@ class ModelVersion:
             }
             if batching
             else None,
+            **({"sequence_batching": self._sequence_batching()} if self.sequences else {}),
             "instance_group": [{"count": config.instances, "kind": "KIND_CPU"}],
             "parameters": {
                 "threads": {"string_value": str(config.threads)},
@@ -162,6 +168,33 @@ class ModelVersion:
                 **({"labels": {"string_value": str(len(self.labels))}} if self.labels else {}),
             },
         }
+
+    def _sequence_batching(self) -> dict[str, Any]:
+        """Triton's ``sequence_batching`` section: implicit state, idle time, live cap."""
+        assert self.sequences is not None
+        stepper, config = self.sequences.stepper, self.sequences.config
+        model = self.artifact.signature
+        states = []
+        for name, output in stepper.pairs:
+            spec = next(s for s in model.inputs if s.name == name)
+            dims = [d if isinstance(d, int) else -1 for d in spec.shape]
+            states.append(
+                {
+                    "input_name": name,
+                    "output_name": output,
+                    "data_type": "TYPE_" + datatype_of(spec.dtype),
+                    "dims": dims,
+                    "initial_state": [{"name": "zeros", "zero_data": True}],
+                }
+            )
+        section: dict[str, Any] = {
+            "max_sequence_idle_microseconds": int(config.idle_timeout_s * 1e6),
+            "oldest": {"max_candidate_sequences": config.max_sequences},
+            "state": states,
+        }
+        if config.context is not None:
+            section["context"] = config.context.model_dump()
+        return section
 
 
 def manifest_digest(folder: Path) -> str:
@@ -210,6 +243,8 @@ def open_version(folder: Path, verifier: PackageVerifier | None = None) -> Opene
     package = load_package(folder, verify=True)
     config = ServingConfig.from_manifest(package.manifest)
     artifact, why = choose_artifact(package, config)
+    if config.sequence is not None:  # names that do not fit fail the load, before any session
+        SpeechClips.create(Stepper(artifact.signature, config.sequence), config.sequence.speech)
     backend = _backend(package, artifact)
     sessions: list[Session] = []
     try:

@@ -31,6 +31,11 @@ from shipyard.serve.protocol import (
     serialize_bytes,
     timeout_seconds,
 )
+from shipyard.serve.sequence_control import (
+    SEQUENCE_PARAMETERS,
+    SequenceControl,
+    sequence_control,
+)
 from shipyard.signature import Signature
 
 # The InferTensorContents field of each datatype; FP16 travels raw only.
@@ -61,6 +66,12 @@ class DecodedInfer:
     raw: bool  # answer in raw_output_contents
     timeout: float | None  # seconds, from parameters["timeout"] (microseconds)
     classification: dict[str, int] = field(default_factory=dict)  # output name -> top k
+
+    @property
+    def sequence(self) -> SequenceControl | None:
+        """The sequence parameters (a stateful model's), or None."""
+        given = self.request.parameters  # `in` first: indexing a protobuf map inserts the key
+        return sequence_control({k: parameter(given[k]) for k in SEQUENCE_PARAMETERS if k in given})
 
 
 def parameter(value: pb.InferParameter) -> Any:
