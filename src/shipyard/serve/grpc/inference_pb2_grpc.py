@@ -67,6 +67,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelStreamInfer = channel.stream_stream(
+                '/inference.GRPCInferenceService/ModelStreamInfer',
+                request_serializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
@@ -114,6 +119,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferRequest.FromString,
                     response_serializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -294,6 +304,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
             shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
+            shipyard_dot_serve_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,

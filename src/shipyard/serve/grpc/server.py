@@ -18,7 +18,9 @@ DEADLINE_EXCEEDED              504     the request's timeout (or the call's dead
 INTERNAL                       500     a bug
 =============================  ======  ===============================================
 
-UNAVAILABLE answers carry trailing metadata ``retry-after: 1`` (HTTP's Retry-After). Metrics:
+UNAVAILABLE answers carry trailing metadata ``retry-after: 1`` (HTTP's Retry-After).
+``ModelStreamInfer`` answers each request on its stream, a failed one with its message in
+``error_message`` (:mod:`shipyard.serve.grpc.stream`). Metrics:
 inference calls are counted in ``shipyard_requests_total`` like HTTP requests, with the HTTP
 status their outcome maps to (oversized messages are refused by gRPC before any handler, so
 they are not counted). Tokens travel as call metadata ``authorization: Bearer <token>``
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -47,6 +49,7 @@ from shipyard.serve.grpc.codec import (
     encode_response,
     parameter,
 )
+from shipyard.serve.grpc.stream import stream_infer
 from shipyard.serve.repository import check_name
 from shipyard.serve.tls import Tls
 from shipyard.signature import Signature
@@ -217,6 +220,14 @@ class InferenceService:
             credentials,
             context.time_remaining(),
         )
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        credentials = _credentials(context) if self.dispatcher.auth is not None else None
+        answers = stream_infer(self.dispatcher, self.transport, requests, context, credentials)
+        async for answer in answers:
+            yield answer
 
     # -- repository extension (admin token) ---------------------------------------------------
     @_rpc
