@@ -10,7 +10,9 @@ tensors and context (:class:`~shipyard.stateful.Carry`) between its requests.
   sequences share a model call: up to ``max_batch_size`` sequences whose next chunk is waiting
   are stepped together, their states gathered along the state's batch axis and scattered back
   (:class:`~shipyard.stateful.Stepper`). As in the dynamic batcher, a call starts as soon as a
-  session is free, so batches form from what queues while one runs (no delay).
+  session is free and either ``max_batch_size`` sequences are ready, or every live sequence
+  not being stepped is (none could join), or the oldest ready chunk has waited
+  ``max_queue_delay_ms`` (default 0: batches form from what queues while a call runs).
 - **Lifetime**: ``sequence_start`` creates a sequence (or restarts a live one: its state is
   reset when that chunk runs); ``sequence_end`` drops it after its chunk; a sequence unused
   for ``idle_timeout_s`` is dropped (a sweep every quarter of it, and on lookup).
@@ -113,6 +115,7 @@ class SequenceBatcher:
         self.label = label
         self.max_batch_size = max(config.max_batch_size, 1)
         self._timeout = config.timeout_ms / 1e3 if config.timeout_ms else None
+        self._delay = config.max_queue_delay_ms / 1e3
         self._idle = self.config.idle_timeout_s
         self._sessions, self._free = list(sessions), list(sessions)
         self._metrics = metrics
@@ -120,6 +123,7 @@ class SequenceBatcher:
         self._ready: deque[_Sequence] = deque()
         self._waiting = 0  # steps queued, all sequences together
         self._running = 0
+        self._stepping = 0  # sequences in the running calls
         self._closing = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -271,9 +275,24 @@ class SequenceBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            wait = self._wait()
+            if wait > 0:  # until the oldest chunk's delay runs out or something changes
+                self._wake.clear()
+                timer = loop.call_later(wait, self._wake.set)
+                await self._wake.wait()
+                timer.cancel()
+                continue
             batch = self._take()
             if batch:
                 self._dispatch(loop, batch)
+
+    def _wait(self) -> float:
+        """Seconds to wait for more sequences before stepping the ready ones (0: now)."""
+        could_join = min(self.max_batch_size, len(self._sequences) - self._stepping)
+        if not self._delay or self._closing or len(self._ready) >= could_join:
+            return 0.0
+        head = self._ready[0].steps
+        return self._delay - (time.perf_counter() - head[0].enqueued) if head else 0.0
 
     def _take(self) -> list[tuple[_Sequence, _Step]]:
         """The next waiting step of up to ``max_batch_size`` ready sequences, oldest first;
@@ -306,6 +325,7 @@ class SequenceBatcher:
     ) -> None:
         session = self._free.pop()
         self._running += 1
+        self._stepping += len(batch)
         start = self.stepper.start
         carries = [start() if s.start or q.carry is None else q.carry for q, s in batch]
         if self._metrics is not None:
@@ -333,6 +353,7 @@ class SequenceBatcher:
     ) -> None:
         self._free.append(session)
         self._running -= 1
+        self._stepping -= len(batch)
         self._wake.set()
         error = done.exception()
         if error is None:
