@@ -108,6 +108,9 @@ class Stepper:
 
     def __init__(self, signature: Signature, config: SequenceConfig) -> None:
         self.config = config
+        for pair in config.state:
+            _spec(signature.inputs, pair.input, "state input")
+            _spec(signature.outputs, pair.output, "state output")
         state_inputs = {s.input for s in config.state}
         state_outputs = {s.output for s in config.state}
         plain = [spec for spec in signature.inputs if spec.name not in state_inputs]
@@ -125,7 +128,6 @@ class Stepper:
         self.initial_states: Arrays = {}
         for pair in config.state:
             spec = _spec(signature.inputs, pair.input, "state input")
-            _spec(signature.outputs, pair.output, "state output")
             if batch not in spec.shape or sum(isinstance(d, str) for d in spec.shape) != 1:
                 raise ServingConfigError(
                     f"serving.sequence: state {spec.describe()} needs the batch dimension "
