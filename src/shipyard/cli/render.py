@@ -106,6 +106,8 @@ def validation(report: ValidationReport) -> Group:
         )
     if report.auc_reference is not None or report.auc_candidate is not None:
         parts.append(Text(_auc_line(report)))
+    if report.f1_reference is not None or report.f1_candidate is not None:
+        parts.append(Text(_f1_line(report)))
     for gate in report.gates:
         style = "green" if gate.passed else "bold red"
         parts.append(Text(f"  {gate.describe()}", style=style))
@@ -128,6 +130,21 @@ def _auc_line(report: ValidationReport) -> str:
     if any(loss is not None for loss in losses):
         line += f"; log-loss {value(losses[0])}, {value(losses[1])}"
     return line
+
+
+def _f1_line(report: ValidationReport) -> str:
+    """``F1 (frames): torch 0.9907 (P 0.9971, R 0.9844), onnx ... (drop +0.0000)`` (task:
+    detection); n/a where it could not be measured."""
+
+    def side(f1: float | None, precision: float | None, recall: float | None) -> str:
+        if f1 is None:
+            return "n/a"
+        return f"{f1:.4f} (P {precision or 0.0:.4f}, R {recall or 0.0:.4f})"
+
+    drop = "" if report.f1_drop is None else f" (drop {report.f1_drop:+.4f})"
+    reference = side(report.f1_reference, report.precision_reference, report.recall_reference)
+    candidate = side(report.f1_candidate, report.precision_candidate, report.recall_candidate)
+    return f"F1 (frames): {report.reference} {reference}, {report.candidate} {candidate}{drop}"
 
 
 def _run_alone(report: ValidationReport) -> Group:
@@ -172,6 +189,8 @@ def comparison(reports: Sequence[ValidationReport], title: str) -> Group:
             )
             if report.auc_candidate is not None:  # task: binary
                 accuracy = f"AUC {report.auc_candidate:.4f}"
+            if report.f1_candidate is not None:  # task: detection
+                accuracy = f"F1 {report.f1_candidate:.4f}"
             verdict = "ok" if report.passed else "[bold red]FAILED[/]"
             if report.passed and all(g.gate == "nonfinite" for g in report.gates):
                 verdict = "no gates"  # only NaN/Inf was judged; the line below says so
@@ -237,6 +256,9 @@ def candidates(rows: list[dict[str, Any]], batch: str) -> Table:
         if row["accuracy"] is None and row.get("auc") is not None:  # task: binary
             accuracy = f"AUC {row['auc']:.4f}"
             drop = "—" if row.get("auc_drop") is None else f"{row['auc_drop']:+.4f}"
+        if row["accuracy"] is None and row.get("f1") is not None:  # task: detection
+            accuracy = f"F1 {row['f1']:.4f}"
+            drop = "—" if row.get("f1_drop") is None else f"{row['f1_drop']:+.4f}"
         verdict = "baseline" if row["baseline"] else ("pass" if row["passed"] else "FAIL")
         if row["chosen"]:
             verdict = f"[bold]{verdict}, chosen[/]"

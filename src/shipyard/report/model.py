@@ -183,6 +183,9 @@ def _metric_cells(row: dict[str, Any]) -> tuple[str, str]:
     if row.get("accuracy") is None and row.get("auc") is not None:
         drop = row.get("auc_drop")
         return f"AUC {row['auc']:.4f}", "—" if drop is None else f"{drop:+.4f} AUC"
+    if row.get("accuracy") is None and row.get("f1") is not None:  # task: detection
+        drop = row.get("f1_drop")
+        return f"F1 {row['f1']:.4f}", "—" if drop is None else f"{drop:+.4f} F1"
     drop = row.get("accuracy_drop")
     return _percent(row.get("accuracy")), "—" if drop is None else f"{drop * 100:+.2f}"
 

@@ -43,6 +43,7 @@ def candidate_rows(
         (first.accuracy_reference if first.parity else first.accuracy_candidate) if first else None
     )
     auc = (first.auc_reference if first.parity else first.auc_candidate) if first else None
+    f1 = (first.f1_reference if first.parity else first.f1_candidate) if first else None
     rows = [
         {
             "name": reference.name,
@@ -53,6 +54,8 @@ def candidate_rows(
             "accuracy_drop": 0.0 if accuracy is not None else None,
             "auc": auc,
             "auc_drop": 0.0 if auc is not None else None,
+            "f1": f1,
+            "f1_drop": 0.0 if f1 is not None else None,
             "max_abs": 0.0,
             "passed": True,
             "chosen": chosen == reference.name,
@@ -71,6 +74,8 @@ def candidate_rows(
                 "accuracy_drop": report.accuracy_drop,
                 "auc": report.auc_candidate,
                 "auc_drop": report.auc_drop,
+                "f1": report.f1_candidate,
+                "f1_drop": report.f1_drop,
                 "max_abs": max((o.max_abs for o in report.outputs), default=0.0),
                 "passed": report.passed,
                 "chosen": chosen == artifact.name,
@@ -110,14 +115,16 @@ def mark_pareto(rows: list[dict[str, Any]], batch: int) -> None:
     """Set ``row["pareto"]``: the row is ``eligible`` and no other eligible row is at least as
     good on size, p50 latency at ``batch`` and accuracy, and better on one of them.
     Rows without latency at ``batch`` are never on it; a missing accuracy counts as 0.
-    A binary task's rows have no accuracy: their AUC takes its place.
+    A binary task's rows have no accuracy: their AUC takes its place (a detection task's: F1).
     """
 
     def key(row: dict[str, Any]) -> tuple[float, float, float] | None:
         stats = row["latency"].get(str(batch))
         if stats is None or not eligible(row):
             return None
-        metric = row["accuracy"] if row["accuracy"] is not None else row.get("auc")
+        metric = next(
+            (row.get(k) for k in ("accuracy", "auc", "f1") if row.get(k) is not None), None
+        )
         accuracy = metric if metric is not None else 0.0
         return (row["bytes"], stats["p50_ms"], -accuracy)  # all three: lower is better
 
