@@ -53,7 +53,7 @@ async def stream_infer(
     running: set[asyncio.Task[None]] = set()
 
     async def answer(request: pb.ModelInferRequest, after: asyncio.Task[None] | None) -> None:
-        if after is not None:
+        if after is not None and not after.done():
             await asyncio.wait([after])  # never raises: `answer` catches what it can
         try:
             response = await dispatcher.infer(
