@@ -100,3 +100,18 @@ def test_the_package_serves_sequences(result: BuildResult) -> None:
     report_md = (result.package_dir / "report.md").read_text(encoding="utf-8")
     assert "F1 0.99" in report_md
     assert np.isfinite([rows[name]["f1"] for name in rows]).all()
+
+
+@pytest.mark.slow
+def test_shipyard_validate_steps_the_package_as_sequences(result: BuildResult) -> None:
+    """The package names its sequence settings and data: the CLI runs the chunks in order
+    with the state carried, reads the task, and gates on the F1 drop."""
+    from tests.test_cli import shipyard as run_cli
+
+    run = run_cli(
+        "validate", "shipyard.examples.vad:silero", result.package_dir, "--max-f1-drop", "0",
+        "--samples", "400",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "vs silero (400 samples)" in run.stdout and "F1 (frames): silero 0.97" in run.stdout
+    assert "max_f1_drop: 0 (limit 0) ok" in run.stdout

@@ -23,6 +23,7 @@ from shipyard.cli.options import (
     Top1Opt,
     load_artifacts,
     package_data,
+    package_sequence,
     package_task,
     signature_from,
 )
@@ -52,9 +53,14 @@ def validate(
     max_auc_drop: Annotated[
         float | None, typer.Option(help="Gate: max AUC drop (task binary, needs labels).")
     ] = None,
+    max_f1_drop: Annotated[
+        float | None, typer.Option(help="Gate: max frame F1 drop (task detection, needs labels).")
+    ] = None,
     task: Annotated[
         str | None,
-        typer.Option(help="classification, binary or other; default: the recipe's or package's."),
+        typer.Option(
+            help="classification, binary, detection or other; default: the recipe's or package's."
+        ),
     ] = None,
     samples: SamplesOpt = None,
     as_json: JsonOpt = False,
@@ -62,14 +68,17 @@ def validate(
     """Compare CANDIDATE with REFERENCE on the same inputs; exit 1 when a gate fails."""
     from shipyard.data import load_data
     from shipyard.recipe import Recipe, load_recipe
+    from shipyard.stateful import Stepper
     from shipyard.validate import Gates
     from shipyard.validate import validate as run_validate
 
     gates = Gates()
     specs = [reference, candidate]
+    sequence = package_sequence(specs)  # a stateful model: its rows run as sequences
     if recipe is not None:
         loaded_recipe = load_recipe(recipe)
         gates, task = loaded_recipe.validate_.gates, task or loaded_recipe.task
+        sequence = loaded_recipe.serve.sequence or sequence
     task = task or package_task(specs) or "classification"
     tasks = get_args(Recipe.model_fields["task"].annotation)
     if task not in tasks:
@@ -81,12 +90,14 @@ def validate(
         min_top1_agreement=min_top1_agreement,
         max_accuracy_drop=max_accuracy_drop,
         max_auc_drop=max_auc_drop,
+        max_f1_drop=max_f1_drop,
     )
     loaded = load_artifacts(specs, signature_from(input, recipe), weights, kwargs)
     ref, cand = loaded[0], loaded[-1]
     data = data or package_data(specs)
-    dataset = load_data(data, ref.signature) if data else None
-    report = run_validate(ref, cand, dataset, gates, samples=samples, task=task)
+    signature = ref.signature if sequence is None else Stepper(ref.signature, sequence).client
+    dataset = load_data(data, signature) if data else None
+    report = run_validate(ref, cand, dataset, gates, samples=samples, task=task, sequence=sequence)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -14,6 +14,7 @@ from shipyard.errors import InputError
 from shipyard.problems import describe
 from shipyard.serving import ServingConfig
 from shipyard.signature import Signature, TensorSpec
+from shipyard.stateful import SequenceConfig
 
 RecipeArg = Annotated[
     Path | None, typer.Argument(help="Recipe YAML (default: built-in digits example).")
@@ -156,14 +157,15 @@ def distinct_labels(names: list[str], origins: list[str]) -> list[str]:
 
 
 def _borrowed_signature(specs: list[str]) -> Signature | None:
-    """The inputs of the first package or ONNX file among ``specs``, for torch sources."""
+    """The signature of the first package (outputs too: a stateful model's state outputs are
+    named by it) or the inputs of the first ONNX file among ``specs``, for torch sources."""
     from shipyard.package import is_package, load_package
     from shipyard.runtimes.onnxruntime import onnx_signature
 
     for spec in specs:
         path = Path(split_label(spec)[1])
         if path.is_dir() and is_package(path):
-            return Signature(inputs=load_package(path, verify=False).signature.inputs)
+            return load_package(path, verify=False).signature
         if path.suffix == ".onnx" and path.is_file():
             return Signature(inputs=onnx_signature(path).inputs)
     return None
@@ -179,7 +181,7 @@ def load_artifacts(
 
     A spec may carry its label, ``LABEL=PATH``; otherwise files are labelled by their name,
     packages' artifacts by theirs, and equal labels are told apart by their paths. A torch
-    source without a signature borrows the inputs of a package or ONNX file among ``specs``.
+    source without a signature borrows a package's signature or an ONNX file's inputs.
     """
     from shipyard.package import is_package, load_package
     from shipyard.sources import load_model
@@ -221,6 +223,18 @@ def package_task(specs: list[str]) -> str | None:
         if path.is_dir() and is_package(path):
             task = load_package(path, verify=False).manifest.get("task")
             return str(task) if task else None
+    return None
+
+
+def package_sequence(specs: list[str]) -> SequenceConfig | None:
+    """The sequence settings of the first package among ``specs`` (a stateful model's
+    ``serving.sequence``: validation steps its rows as sequences), or None."""
+    from shipyard.package import is_package, load_package
+
+    for spec in specs:
+        path = Path(split_label(spec)[1])
+        if path.is_dir() and is_package(path):
+            return ServingConfig.from_manifest(load_package(path, verify=False).manifest).sequence
     return None
 
 
