@@ -186,8 +186,8 @@ class Stepper:
             feeds[name] = rows[0] if len(rows) == 1 else np.concatenate(rows)
         if self.context is not None:
             name = self.context.input
-            contexts = [carry.context for carry in carries]
-            head = contexts[0] if len(contexts) == 1 else np.concatenate(contexts)  # type: ignore[arg-type]
+            contexts = [carry.context for carry in carries if carry.context is not None]
+            head = contexts[0] if len(contexts) == 1 else np.concatenate(contexts)
             feeds[name] = np.concatenate([head, feeds[name]], axis=-1)
         for state, axis in self.axes.items():
             parts = [carry.states[state] for carry in carries]

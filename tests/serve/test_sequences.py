@@ -27,10 +27,13 @@ from shipyard.processing.audio import frames
 from shipyard.recipe import load_recipe
 from tests.serve.conftest import Server, metric, serving, wait_for
 
-pytestmark = pytest.mark.skipif(
-    find_spec("silero_vad") is None or find_spec("pyannote") is None,
-    reason="needs silero-vad (the 'vad' extra) and pyannote.audio==4.0.7 installed --no-deps",
-)
+pytestmark = [
+    pytest.mark.slow,  # builds the package first (~10 s)
+    pytest.mark.skipif(
+        find_spec("silero_vad") is None or find_spec("pyannote") is None,
+        reason="needs silero-vad (the 'vad' extra) and pyannote.audio==4.0.7 installed --no-deps",
+    ),
+]
 RECIPE = Path(__file__).parents[2] / "examples" / "vad" / "recipe.yaml"
 CHUNK = 512
 
