@@ -153,7 +153,9 @@ def _images(served: Any) -> EncodedImages:
     return images
 
 
-async def _batch(served: Any, inputs: dict[str, np.ndarray], decoded: Any, timeout: Any) -> Outputs:
+async def _batch(
+    served: Any, inputs: dict[str, np.ndarray], decoded: Any, timeout: float | None
+) -> Outputs:
     """The outputs of ``served``'s batcher: the sequence batcher with the request's sequence
     parameters for a stateful version, else the dynamic batcher."""
     if served.sequences is not None:

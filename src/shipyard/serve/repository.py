@@ -338,9 +338,10 @@ class Repository:
         bound = self.metrics.version(model.name, number)
         batcher: Batcher | SequenceBatcher
         if opened.config.sequence is not None:  # stateful: serve/sequences.py
-            batcher = SequenceBatcher(opened.sessions, opened.config, label=label, metrics=bound)
+            sequences = SequenceBatcher(opened.sessions, opened.config, label=label, metrics=bound)
             live = self.metrics.live_sequences.labels(model.name, str(number))
-            live.set_function(lambda: batcher.live)  # type: ignore[union-attr]
+            live.set_function(lambda: sequences.live)
+            batcher = sequences
         else:
             batcher = Batcher(opened.sessions, opened.config, label=label, metrics=bound)
         bound.queue_depth.set_function(lambda: batcher.depth)
