@@ -75,8 +75,8 @@ def score(candidate: Candidate, bench: BenchReport, objective: Objective, batch:
 
 def prunable(task: str, has_train: bool) -> bool:
     """Whether the search prunes: pruned variants are fine-tuned, which needs training data and
-    trains classifiers (cross-entropy), not ``task: binary`` models."""
-    return has_train and task != "binary"
+    trains classifiers (cross-entropy), not ``task: binary`` or ``detection`` models."""
+    return has_train and task not in ("binary", "detection")
 
 
 def plan_size(settings: OptimizeSettings, can_prune: bool) -> int:
@@ -121,6 +121,8 @@ class _Search:
         if validation is not None and validation.labels is not None:
             if self.recipe.task == "binary":
                 return Gates(max_auc_drop=0.005)
+            if self.recipe.task == "detection":
+                return Gates(max_f1_drop=0.005)
             return Gates(max_accuracy_drop=0.005)
         return Gates(min_cosine=0.99)
 
@@ -132,6 +134,8 @@ class _Search:
             if report.accuracy_drop is not None and report.accuracy_candidate is not None
             else f"AUC {report.auc_candidate:.4f} (drop {report.auc_drop:+.4f})"
             if report.auc_drop is not None and report.auc_candidate is not None
+            else f"F1 {report.f1_candidate:.4f} (drop {report.f1_drop:+.4f})"
+            if report.f1_drop is not None and report.f1_candidate is not None
             else f"max abs {max(o.max_abs for o in report.outputs):.2g}"
         )
         verdict = "passes" if report.passed else f"fails ({miss(report):.2f} over a gate)"
@@ -144,8 +148,9 @@ class _Search:
         levels: list[float] = []
         if prunable(self.recipe.task, "train" in self.data):
             levels = list(self.settings.prune_levels)
-        elif self.recipe.task == "binary" and self.settings.prune_levels:
-            self.skip("structured pruning", "fine-tuning trains classifiers, not task: binary")
+        elif self.recipe.task in ("binary", "detection") and self.settings.prune_levels:
+            why = f"fine-tuning trains classifiers, not task: {self.recipe.task}"
+            self.skip("structured pruning", why)
         elif self.settings.prune_levels:
             self.skip("structured pruning", "no 'data: train:' to fine-tune with")
         return [("", None), *[(f"pruned{round(level * 100)}-", level) for level in levels]]
