@@ -257,6 +257,7 @@ def sweep(
             spent = (cpu_after.user + cpu_after.system) - (cpu.user + cpu.system)
             row.update(
                 mean_batch=steps / calls if calls else 0.0,
+                server_us_per_chunk=spent / max(row["chunks"], 1) * 1e6,
                 server_cores=spent / args.seconds,
                 client_cores=client_cpu / args.seconds,
                 loadavg=[load0, loadavg()],
@@ -274,7 +275,8 @@ def print_level(row: dict[str, Any]) -> None:
     print(
         f"{row['transport']:>4} N={row['streams']:>4}: {row['chunks_per_s']:7.0f} chunks/s, "
         f"p50 {row['p50_ms']:6.2f} ms, p99 {row['p99_ms']:6.2f} ms, max {row['max_ms']:7.1f} ms, "
-        f"mean batch {row['mean_batch']:5.1f}, server {row['server_cores']:.2f} cores, client "
+        f"mean batch {row['mean_batch']:5.1f}, server {row['server_cores']:.2f} cores "
+        f"({row['server_us_per_chunk']:.0f} µs/chunk), client "
         f"{row['client_cores']:.2f} cores, errors {row['errors']}, loadavg "
         f"{row['loadavg'][0]} -> {row['loadavg'][1]}",
         flush=True,
