@@ -60,6 +60,7 @@ sys.path.insert(0, str(HERE))
 from load import RECIPE as DIGITS_RECIPE  # noqa: E402
 from load import batch_stats, ceiling, drive  # noqa: E402
 from load import request_bytes as load_request_bytes  # noqa: E402
+from wrk import drive_wrk  # noqa: E402
 
 PEER_CODE = HERE / "peers"
 VENVS = HERE / ".peers"
@@ -111,6 +112,8 @@ PEERS = {
     ),
     "litserve": Peer("litserve", "litserve", ("litserve==0.2.19",), ("fastapi", "uvicorn")),
     "ray": Peer("ray", "ray", ("ray[serve]==2.60.0",), ("fastapi", "uvicorn", "starlette")),
+    # The loop a user writes in ten minutes (peers/fastapi_server.py): no batching.
+    "fastapi": Peer("fastapi", "fastapi", ("fastapi", "uvicorn[standard]"), ("uvicorn",)),
 }
 
 
@@ -295,6 +298,9 @@ def launch_peer(
         (workdir / model / "model-settings.json").write_text(json.dumps(model_settings))
         mlserver = str(python.parent / "mlserver")
         return Launch([mlserver, "start", str(workdir)], f"{url}/v2/models/{model}/ready")
+    if peer == "fastapi":
+        script = str(PEER_CODE / "fastapi_server.py")
+        return Launch([str(python), script, *args], f"{url}/v2/health/ready")
     if peer == "litserve":
         script = str(PEER_CODE / "litserve_server.py")
         return Launch([str(python), script, *args], f"{url}/health")
@@ -415,12 +421,18 @@ def load_levels(
     for concurrency in args.levels:
         limit = args.warmup + args.seconds + 600  # a stuck server fails the level, not the run
         try:
-            asyncio.run(asyncio.wait_for(drive(port, request, concurrency, args.warmup), limit))
+            if args.client == "wrk":
+                drive_wrk(port, request, concurrency, args.warmup)
+            else:
+                asyncio.run(asyncio.wait_for(drive(port, request, concurrency, args.warmup), limit))
             family = tree(psutil.Process(process.pid))
             cpu, batches = cpu_seconds(family), batch_stats(port) if metrics else None
-            row = asyncio.run(
-                asyncio.wait_for(drive(port, request, concurrency, args.seconds), limit)
-            )
+            if args.client == "wrk":
+                row = drive_wrk(port, request, concurrency, args.seconds)
+            else:
+                row = asyncio.run(
+                    asyncio.wait_for(drive(port, request, concurrency, args.seconds), limit)
+                )
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as error:
             print(f"  {who} c={concurrency}: failed ({error!r})", flush=True)
             rows.append({"concurrency": concurrency, "failed": repr(error)})
@@ -435,6 +447,11 @@ def load_levels(
             f"  {who:<16} c={concurrency:>3}: {row['req_per_s']:8.1f} req/s  p50 "
             f"{row['p50_ms']:8.2f}  p99 {row['p99_ms']:8.2f} ms  server CPU "
             f"{row['server_cpu_us']:6.0f} µs/req  errors {row['errors']}"
+            + (
+                f"  client {row['client_cpu_us']:.0f} / machine {row['machine_cpu_us']:.0f} µs/req"
+                if "client_cpu_us" in row
+                else ""
+            )
             + (f"  mean batch {row['mean_batch']:.1f}" if "mean_batch" in row else ""),
             flush=True,
         )
@@ -618,6 +635,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--binary", action="store_true", help="also load ours with binary tensors (extra row)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "ours"),
+        default="wrk",
+        help="load generator: wrk (C, checks every status; default) or load.py's asyncio client",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
