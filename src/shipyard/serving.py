@@ -74,7 +74,8 @@ class ServingConfig(_Strict):
     - ``instances``: sessions run concurrently, each with ``threads`` threads.
     - ``inline_below_ms``: a request that finds the queue empty and every instance idle runs
       on the event loop itself, without the hop to an inference thread, when the model's
-      recent single-request runs took less than this (0 disables). The hop costs tens of
+      recent single-request runs took less than this (0 disables; so does a
+      ``max_queue_delay_ms``, which asks requests to wait for others). The hop costs tens of
       microseconds, more than a small model's whole run.
     - ``version_policy``: ``{"latest": N}``, ``{"specific": [..]}`` or ``{"all": true}``; the
       newest version's manifest decides for the whole model.

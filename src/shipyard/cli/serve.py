@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -98,6 +99,13 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(help="Connections served at once; new requests get 503 beyond.")
     ] = 2048,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the port, each with its own sessions and batchers "
+            "(one process and its GIL use about one core)."
+        ),
+    ] = 1,
     name: NameOpt = None,
     max_batch_size: MaxBatchOpt = None,
     max_queue_delay_ms: QueueDelayOpt = None,
@@ -142,13 +150,10 @@ def serve(
     bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     address = f"{'https' if tls else 'http'}://{bracketed}:{port}"
 
-    def show(startup: Startup) -> None:
-        from shipyard.cli import render
-
-        grpc = ""
-        if startup.grpc_port is not None:
-            grpc = f", gRPC{' (TLS)' if tls else ''} {bracketed}:{startup.grpc_port}"
-        console.print(render.serving(startup, f"serving on {address}{grpc}"))
+    if workers < 1:
+        raise InputError(f"--workers {workers}: give 1 or more worker processes")
+    extra = f" by {workers} worker processes" if workers > 1 else ""
+    show = partial(show_startup, address + extra, bracketed, tls is not None)
 
     def run(served: Path) -> None:
         # Tokens come from the environment by default: command lines are visible to local users.
@@ -169,6 +174,7 @@ def serve(
             body_timeout=body_timeout,
             max_connections=max_connections,
             verify_key=verify_key,
+            workers=workers,
         )
 
     if not _is_model_file(path):
@@ -176,6 +182,16 @@ def serve(
         return
     with tempfile.TemporaryDirectory(prefix="shipyard-serve-") as temporary:
         run(_package_for_serving(path, Path(temporary), name, serving))
+
+
+def show_startup(address: str, host: str, tls: bool, startup: Startup) -> None:
+    """The startup table (module level: a worker process receives it pickled)."""
+    from shipyard.cli import render
+
+    grpc = ""
+    if startup.grpc_port is not None:
+        grpc = f", gRPC{' (TLS)' if tls else ''} {host}:{startup.grpc_port}"
+    console.print(render.serving(startup, f"serving on {address}{grpc}"))
 
 
 def _is_model_file(path: Path) -> bool:

@@ -119,7 +119,8 @@ class Batcher:
         self._executor = ThreadPoolExecutor(len(sessions), thread_name_prefix=f"infer-{label}")
         # The inline path: a request meeting an empty queue and idle instances runs on the loop
         # when recent single runs took less than this; `_single` tracks them (EWMA, seconds).
-        self._inline_below = config.inline_below_ms / 1e3
+        # Not with a queue delay: whoever sets one asks requests to wait for company.
+        self._inline_below = config.inline_below_ms / 1e3 if not self._delay else 0.0
         self._single = float("inf")
 
     @property
@@ -163,6 +164,8 @@ class Batcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         self._queue.append(_Pending(feeds, rows, key, future, time.perf_counter()))
         self._queued_rows += rows
+        if self._metrics is not None and self._metrics.track_depth:
+            self._metrics.queue_depth.set(len(self._queue))
         self._wake.set()
         limit = timeout if timeout is not None else self._timeout
         timer = loop.call_later(limit, _expire, future, limit) if limit else None
@@ -285,6 +288,8 @@ class Batcher:
     def _dispatch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         session = self._free.pop()
         self._running += 1
+        if self._metrics is not None and self._metrics.track_depth:
+            self._metrics.queue_depth.set(len(self._queue))
         if self._metrics is not None:
             now = time.perf_counter()
             observe = self._metrics.queue_time.observe

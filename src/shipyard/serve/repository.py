@@ -336,7 +336,8 @@ class Repository:
         label = f"model '{model.name}' version {number}"
         bound = self.metrics.version(model.name, number)
         batcher = Batcher(opened.sessions, opened.config, label=label, metrics=bound)
-        bound.queue_depth.set_function(lambda: batcher.depth)
+        if not bound.track_depth:  # one process: read at scrape time, free per request
+            bound.queue_depth.set_function(lambda: batcher.depth)
         batcher.start()
         self.metrics.load_seconds.labels(model.name, str(number)).set(opened.seconds)
         model.status[number] = VersionStatus(State.READY)
