@@ -302,7 +302,7 @@ def bench(report: BenchReport, baseline: str | None = None) -> Group:
     """
     base = baseline or report.results[0].name
     latency = _table(
-        f"latency per Session.run in ms; × {base} = {base} p50 / p50 (>1: faster)",
+        f"latency per {report.timed} in ms; × {base} = {base} p50 / p50 (>1: faster)",
         ("artifact", "batch", "p50", "p90", "p99", "min–max", "samples/s", f"× {base}"),
         left=("artifact",),
     )
@@ -368,3 +368,30 @@ def search_outcome(search: dict[str, Any]) -> str:
             f"{escape(search['chosen'])} (the closest) was packaged"
         )
     return "\n".join(lines)
+
+
+def examples(entry: dict[str, Any]) -> Table:
+    """The manifest's ``examples``: each named input's top-1 class per artifact, with its
+    probability; a class that differs from the first artifact's (the reference) in yellow,
+    and how many agree with it in the caption."""
+    names: list[str] = entry.get("names") or []
+    predictions: dict[str, list[list[dict[str, Any]]]] = entry.get("predictions") or {}
+    artifacts = list(predictions)
+    table = _table("top-1 class of each example", ("example", *artifacts), left=("example",))
+    for column in table.columns[1:]:
+        column.justify, column.no_wrap, column.overflow = "left", False, "fold"
+    agree = dict.fromkeys(artifacts, 0)
+    for row, name in enumerate(names):
+        reference = predictions[artifacts[0]][row][0]["label"] if artifacts else None
+        cells: list[RenderableType] = [Text(name)]
+        for artifact in artifacts:
+            best = predictions[artifact][row][0]
+            same = best["label"] == reference
+            agree[artifact] += same
+            text = f"{best['label']} {best['probability']:.2f}"
+            cells.append(Text(text, style="" if same else "yellow"))
+        table.add_row(*cells)
+    if artifacts:
+        counts = ", ".join(f"{a} {agree[a]}/{len(names)}" for a in artifacts[1:])
+        table.caption = f"same top-1 as {artifacts[0]}: {counts}" if counts else None
+    return table

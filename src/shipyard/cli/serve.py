@@ -256,6 +256,11 @@ def inspect(
         console.print(f"  input  {spec.describe()}", highlight=False, markup=False)
     for spec in signature.outputs:
         console.print(f"  output {spec.describe()}", highlight=False, markup=False)
+    shown = package.manifest.get("examples") if path.is_dir() else None
+    if shown and shown.get("predictions"):
+        from shipyard.cli import render
+
+        console.print(render.examples(shown))
 
 
 @app.command()
