@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,openvino,tflite]"
+	$(BIN)/python -m pip install -q -e ".[dev,openvino,tflite,ray]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -16,7 +16,7 @@ CLIENTS = 32
 X = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
 BODY = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1, 8, 8], "data": X.ravel().tolist()}]
-}  # noqa: E501
+}
 
 
 def test_a_version_swap_under_load_fails_no_request(packages: Path, tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ every model.
 Each replica runs the repository's own batcher (``serve/batcher.py``), so its queue, its
 503 ``queue full`` and its batches behave as in the single-process server. Ray caps the
 requests a replica holds at ``max_ongoing_requests``, and a batch can only form from
-requests the replica holds (ray-project/ray#43288): we set it to what the batcher can hold,
-``max_queue_size`` waiting plus one batch per instance running. Ray's own queue in front of
-the replicas (``max_queued_requests``) gets the same bound, so an overloaded deployment
-answers 503 there too instead of queueing without limit.
+requests the replica holds (ray-project/ray#43288): we set it to twice what the batcher can
+hold (``max_queue_size`` waiting plus one batch per instance running), so that batches reach
+``max_batch_size`` and the batcher's own limit answers first, with the single-process
+server's 503, ``Retry-After: 1`` and ``{"error": "... queue full ..."}``. Requests beyond
+that wait in Ray's queue (``max_queued_requests``), which is bounded by ``max_queue_size``
+too: when it is full Ray answers 503 with ``Retry-After: 1`` itself, its body Ray's text
+(``Request dropped due to backpressure ...``), not a V2 error.
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ def deployment_options(config: ServingConfig, scale: Scale) -> dict[str, Any]:
     """Ray Serve deployment options (``Deployment.options(**...)``) for one model."""
     cpus = scale.replica_cpus or config.replica_cpus or float(config.instances * config.threads)
     options: dict[str, Any] = {
-        "max_ongoing_requests": replica_capacity(config),
+        "max_ongoing_requests": 2 * replica_capacity(config),
         "max_queued_requests": config.max_queue_size,
+        "backpressure_config": {"status_code": 503, "retry_after_s": 1},
         "ray_actor_options": {"num_cpus": cpus},
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
     }
