@@ -70,7 +70,9 @@ def local_environment(ingress: str) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONPATH": path,
     }
-    if ingress == "haproxy":
+    if ingress == "proxy":
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"  # also when this process's environment says 1
+    else:
         env |= {
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
