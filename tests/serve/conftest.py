@@ -215,8 +215,9 @@ def ray_server(ray_repository: Path) -> Iterator[Any]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    # Logical CPUs: six replicas of one CPU each share this machine's cores.
-    engine = RayServer(ray_repository, port=port, num_cpus=8)
+    # Logical CPUs: six replicas of one CPU each share this machine's cores, and a Ray Data
+    # run of tests/test_predict.py (which reuses this connection) needs some beside them.
+    engine = RayServer(ray_repository, port=port, num_cpus=16)
     engine.start()
     try:
         yield engine
