@@ -32,7 +32,7 @@ from shipyard.serve.ray.settings import (
     deployment_options,
     model_config,
     replica_bounds,
-    served_layout,
+    served_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,10 +97,9 @@ class RayServer:
         cpus = None if address else max(num_cpus or 0.0, cpus_needed(self.plans))
         self.cluster = Cluster(address, cpus, ingress)
         self.host, self.port, self.start_timeout = host, port, start_timeout
-        self.tokens = (auth_token, admin_token)
+        self.tokens = {"auth_token": auth_token, "admin_token": admin_token}
         self.app_options = {
-            "auth_token": auth_token,
-            "admin_token": admin_token,
+            **self.tokens,
             "max_body_bytes": max_body_bytes,
             "watch_seconds": watch_seconds,
             "body_timeout": body_timeout,
@@ -127,18 +126,18 @@ class RayServer:
         from ray import serve
         from ray.serve.api import RunTarget
 
-        from shipyard.serve.ray.deployment import QUIET, Front, ModelReplica
+        from shipyard.serve.ray.deployment import QUIET, front_app, model_app
 
         serve.start(http_options={"host": self.host, "port": self.port}, logging_config=QUIET)
         targets = []
         for model, options in self.plans.items():
-            deployment = serve.deployment(name=model, logging_config=QUIET, **options)(ModelReplica)
-            app = deployment.bind(served_layout(self.layout, model), self.app_options)
+            folder, name = served_folder(self.layout, model)
+            args = {"folder": folder, "name": name, "options": self.app_options}
+            app = model_app(args | {"deployment": options})
             targets.append(RunTarget(app, name=model, route_prefix=f"/v2/models/{model}"))
-        front = serve.deployment(
-            name="front", num_replicas=1, ray_actor_options={"num_cpus": 0}, logging_config=QUIET
-        )(Front)
-        targets.append(RunTarget(front.bind(self.layout, self.models, *self.tokens), name=FRONT))
+        folder, name = served_folder(self.layout, None)
+        front = {"folder": folder, "models": self.models, "options": self.tokens | {"name": name}}
+        targets.append(RunTarget(front_app(front), name=FRONT))
         serve.run_many(targets, wait_for_applications_running=False)
         wait_until(self._running, self.start_timeout, "the models' replicas to start")
         wait_until(self._answers, 60, f"{self.url}/v2/health/ready to answer 200")
@@ -166,7 +165,7 @@ class RayServer:
         from ray import serve
 
         apps = serve.status().applications
-        token = self.tokens[1] or self.tokens[0]
+        token = self.tokens["admin_token"] or self.tokens["auth_token"]
         headers = {"authorization": f"Bearer {token}"} if token else {}
         index = f"{self.url}/v2/repository/index"
         ready = httpx.post(index, json={"ready": True}, headers=headers, timeout=30).json()

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from ray import serve
+from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,7 +37,7 @@ from shipyard.serve.app import EXTENSIONS, V2App, error_response
 from shipyard.serve.dispatch import Dispatcher
 from shipyard.serve.errors import BadRequest, ModelNotFound, ModelNotReady, RepositoryError
 from shipyard.serve.infer import Receive, Scope, Send
-from shipyard.serve.layout import Layout
+from shipyard.serve.layout import Layout, find_layout, served_as
 from shipyard.serve.ray.exposition import merge
 from shipyard.serve.ray.settings import FRONT
 from shipyard.serve.repository import Repository, check_name
@@ -57,15 +59,32 @@ class FullPath:
         await self.app(scope, receive, send)
 
 
+def served(folder: str, name: str | None = None) -> Layout:
+    """The layout a replica serves: ``folder`` (a model or package folder, or a repository
+    for the front), under ``name`` when given (``--model-name``)."""
+    layout = find_layout(folder)
+    return served_as(layout, name) if name else layout
+
+
+def _with_tokens(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options``, the tokens taken from the environment where not given: on Kubernetes
+    they come from a Secret, never from the Serve config (which any cluster user reads)."""
+    merged = dict(options)
+    merged.setdefault("auth_token", os.environ.get("SHIPYARD_SERVE_TOKEN") or None)
+    merged.setdefault("admin_token", os.environ.get("SHIPYARD_SERVE_ADMIN_TOKEN") or None)
+    return merged
+
+
 @serve.ingress()
 class ModelReplica:
-    """One replica of one model: the V2 app over ``layout`` (that model's folder).
+    """One replica of one model: the V2 app over ``folder`` (that model's folder, or one
+    package folder), served as ``name`` when given.
 
     ``options``: ``create_app`` keyword arguments (tokens, body limits, ``watch_seconds``).
     """
 
-    def __init__(self, layout: Layout, options: Mapping[str, Any]) -> None:
-        self.layout, self.options = layout, dict(options)
+    def __init__(self, folder: str, name: str | None, options: Mapping[str, Any]) -> None:
+        self.layout, self.options = served(folder, name), _with_tokens(options)
         self.v2: V2App | None = None  # `app` is Ray's
 
     async def __serve_build_asgi_app__(self) -> FullPath:
@@ -111,12 +130,12 @@ def _json(value: Any, status: int = 200) -> Response:
 class Front:
     """Route ``/``: the server-wide endpoints over the model deployments ``models``."""
 
-    def __init__(
-        self, layout: Layout, models: list[str], auth_token: str | None, admin_token: str | None
-    ) -> None:
+    def __init__(self, folder: str, models: list[str], options: Mapping[str, Any]) -> None:
         self.models = sorted(models)
+        tokens = _with_tokens(options)
         # Tokens are checked exactly as the single-process server checks them.
-        self.dispatcher = Dispatcher(Repository(layout), auth_token, admin_token)
+        repository = Repository(served(folder, options.get("name")))
+        self.dispatcher = Dispatcher(repository, tokens["auth_token"], tokens["admin_token"])
         self.handles: dict[str, DeploymentHandle] = {}
 
     def _handle(self, model: str) -> DeploymentHandle:
@@ -227,4 +246,26 @@ class Front:
         return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
 
 
-__all__ = ["FRONT", "QUIET", "Front", "FullPath", "ModelReplica"]
+def model_app(args: dict[str, Any]) -> Application:
+    """Ray Serve application builder (``import_path: shipyard.serve.ray.deployment:model_app``)
+    for one model: ``args`` = ``{"folder": ..., "name": served name or absent, "options":
+    create_app keyword arguments, "deployment": Ray deployment options}``. The deployment is
+    named after the model; a Serve config's ``deployments:`` entry overrides its options."""
+    layout = served(args["folder"], args.get("name"))
+    assert layout.model is not None, "a model app serves one model or package folder"
+    options = {"logging_config": QUIET, **args.get("deployment", {})}
+    deployment = serve.deployment(name=layout.model, **options)(ModelReplica)
+    return deployment.bind(args["folder"], args.get("name"), args.get("options", {}))
+
+
+def front_app(args: dict[str, Any]) -> Application:
+    """Ray Serve application builder for the front (route ``/``): ``args`` = ``{"folder":
+    the served folder, "models": [model names], "options": {"name": ...} (tokens from the
+    environment unless given)}``."""
+    deployment = serve.deployment(
+        name="front", num_replicas=1, ray_actor_options={"num_cpus": 0}, logging_config=QUIET
+    )(Front)
+    return deployment.bind(args["folder"], list(args["models"]), args.get("options", {}))
+
+
+__all__ = ["FRONT", "QUIET", "Front", "FullPath", "ModelReplica", "front_app", "model_app"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from shipyard.errors import InputError
 from shipyard.package import load_package
-from shipyard.serve.layout import Layout
+from shipyard.serve.layout import Layout, find_layout
 from shipyard.serving import ServingConfig
 
 FRONT = "_front"  # the front's application: not a valid model name, so never a model's
@@ -121,12 +121,14 @@ def cpus_needed(plans: dict[str, dict[str, Any]]) -> float:
     )
 
 
-def served_layout(layout: Layout, model: str) -> Layout:
-    """What one model's replicas serve: its model folder (of a repository), or ``layout``
-    itself when that is one model or package folder (whatever name it is served under)."""
+def served_folder(layout: Layout, model: str | None) -> tuple[str, str | None]:
+    """(folder, name) a replica of ``model`` serves (``model`` None: the front's): a
+    repository's model folder, named by itself; or ``layout``'s one folder with the name it
+    is served as when that differs from the folder's own (``--model-name``)."""
     if layout.kind == "repository":
-        return Layout("model", layout.path / model, model)
-    return layout
+        return str(layout.path / model) if model else str(layout.path), None
+    own = find_layout(layout.path).model
+    return str(layout.path), (layout.model if layout.model != own else None)
 
 
 __all__ = [
@@ -138,5 +140,5 @@ __all__ = [
     "parse_autoscale",
     "replica_bounds",
     "replica_capacity",
-    "served_layout",
+    "served_folder",
 ]
