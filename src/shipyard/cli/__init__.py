@@ -9,7 +9,7 @@
 - ``render``: every table the commands print; ``options``: options they share.
 """
 
-from shipyard.cli import build, compare, package, predict, serve, verbs
+from shipyard.cli import build, compare, deploy, package, predict, serve, verbs
 from shipyard.cli.app import app, main
 
-__all__ = ["app", "build", "compare", "main", "package", "predict", "serve", "verbs"]
+__all__ = ["app", "build", "compare", "deploy", "main", "package", "predict", "serve", "verbs"]
