@@ -141,6 +141,8 @@ class RayServer:
         serve.run_many(targets, wait_for_applications_running=False)
         wait_until(self._running, self.start_timeout, "the models' replicas to start")
         wait_until(self._answers, 60, f"{self.url}/v2/health/ready to answer 200")
+        if self.cluster.local and self.cluster.ingress == "haproxy":
+            wait_until(self._routed, 60, "HAProxy to route to every replica")
 
     def _running(self) -> bool:
         """True once every application runs; RepositoryError when one failed to deploy."""
@@ -154,6 +156,25 @@ class RayServer:
             if status.status != "RUNNING":
                 raise RepositoryError(f"model '{name}' did not deploy on Ray: {_why(status)}")
         return True
+
+    def _routed(self) -> bool:
+        """True once HAProxy routes to each model's replicas itself. Until then requests go
+        through Serve's fallback proxy, and the reload that adds the replicas closes the
+        idle connections clients hold (a keep-alive client then loses its next request)."""
+        port = self.cluster.env["RAY_SERVE_HAPROXY_STATS_PORT"]
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/stats;csv", timeout=5).text
+        except httpx.TransportError:
+            return False
+        up: dict[str, int] = {}
+        for line in text.splitlines():
+            fields = line.split(",")
+            if len(fields) > 17 and fields[1].startswith("SERVE_REPLICA") and fields[17] == "UP":
+                up[fields[0]] = up.get(fields[0], 0) + 1
+        return all(
+            up.get(f"http-{model}", 0) >= replica_bounds(options)[0]
+            for model, options in self.plans.items()
+        )
 
     def _answers(self) -> bool:
         try:
