@@ -24,7 +24,7 @@ import httpx
 from shipyard.serve import MAX_BODY_BYTES
 from shipyard.serve.errors import RepositoryError
 from shipyard.serve.layout import Layout, find_layout, suggest
-from shipyard.serve.ray.cluster import Cluster, wait_until
+from shipyard.serve.ray.cluster import Cluster, haproxy_routes, wait_until
 from shipyard.serve.ray.settings import (
     FRONT,
     Scale,
@@ -161,20 +161,8 @@ class RayServer:
         """True once HAProxy routes to each model's replicas itself. Until then requests go
         through Serve's fallback proxy, and the reload that adds the replicas closes the
         idle connections clients hold (a keep-alive client then loses its next request)."""
-        port = self.cluster.env["RAY_SERVE_HAPROXY_STATS_PORT"]
-        try:
-            text = httpx.get(f"http://127.0.0.1:{port}/stats;csv", timeout=5).text
-        except httpx.TransportError:
-            return False
-        up: dict[str, int] = {}
-        for line in text.splitlines():
-            fields = line.split(",")
-            if len(fields) > 17 and fields[1].startswith("SERVE_REPLICA") and fields[17] == "UP":
-                up[fields[0]] = up.get(fields[0], 0) + 1
-        return all(
-            up.get(f"http-{model}", 0) >= replica_bounds(options)[0]
-            for model, options in self.plans.items()
-        )
+        wanted = {model: replica_bounds(o)[0] for model, o in self.plans.items()}
+        return haproxy_routes(self.cluster, wanted)
 
     def _answers(self) -> bool:
         try:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from shipyard.errors import InputError, MissingExtraError
@@ -165,6 +166,22 @@ class Cluster:
         return [p.pid for p in alive]
 
 
+def haproxy_routes(cluster: Cluster, wanted: dict[str, int]) -> bool:
+    """True when the local cluster's HAProxy routes each application ``wanted`` names to at
+    least that many replicas that are UP (its stats page, ``/stats;csv``)."""
+    port = cluster.env["RAY_SERVE_HAPROXY_STATS_PORT"]
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/stats;csv", timeout=5).text
+    except httpx.TransportError:
+        return False
+    up: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(",")  # pxname, svname, ..., status (18th)
+        if len(fields) > 17 and fields[1].startswith("SERVE_REPLICA") and fields[17] == "UP":
+            up[fields[0]] = up.get(fields[0], 0) + 1
+    return all(up.get(f"http-{app}", 0) >= count for app, count in wanted.items())
+
+
 def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll ``condition()`` until it returns something truthy; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -177,4 +194,12 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2)
         time.sleep(interval)
 
 
-__all__ = ["INGRESSES", "Cluster", "free_port", "local_environment", "require_ray", "wait_until"]
+__all__ = [
+    "INGRESSES",
+    "Cluster",
+    "free_port",
+    "haproxy_routes",
+    "local_environment",
+    "require_ray",
+    "wait_until",
+]
