@@ -162,7 +162,7 @@ class RayServer:
         through Serve's fallback proxy, and the reload that adds the replicas closes the
         idle connections clients hold (a keep-alive client then loses its next request)."""
         wanted = {model: replica_bounds(o)[0] for model, o in self.plans.items()}
-        return haproxy_routes(self.cluster, wanted)
+        return haproxy_routes(self.cluster, wanted | {FRONT: 1})
 
     def _answers(self) -> bool:
         try:

@@ -168,7 +168,13 @@ class Cluster:
 
 def haproxy_routes(cluster: Cluster, wanted: dict[str, int]) -> bool:
     """True when the local cluster's HAProxy routes each application ``wanted`` names to at
-    least that many replicas that are UP (its stats page, ``/stats;csv``)."""
+    least that many replicas that are UP (its stats page, ``/stats;csv``), and no older
+    HAProxy is still running: Ray reloads HAProxy by starting a new process beside the old
+    one, both accept connections for about half a second, and the old one then closes
+    those it holds (measured: 32 connections answered by nothing at once)."""
+    haproxies = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
+    if len(haproxies) != 1:
+        return False
     port = cluster.env["RAY_SERVE_HAPROXY_STATS_PORT"]
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/stats;csv", timeout=5).text
