@@ -177,7 +177,8 @@ def _predict_ray(
         context.execution_options.preserve_order = True  # rows in the input's order
         context.enable_progress_bars = sys.stderr.isatty()  # Ray Data's own bars
         if kind == ".parquet":
-            dataset, batch_format = ray.data.read_parquet(str(data), columns=list(names)), "pyarrow"
+            dataset = ray.data.read_parquet(str(data)).select_columns(list(names))
+            batch_format = "pyarrow"
         elif kind == ".npy":
             dataset, batch_format = ray.data.read_numpy(str(data)), "numpy"
         else:  # a zip member cannot be streamed: each input is read whole, as single-process
