@@ -192,17 +192,19 @@ def test_a_killed_replica_fails_only_its_requests_and_ray_replaces_it(
     np.testing.assert_allclose(logits, reference(packages, "tiny", 1, X), rtol=1e-6, atol=1e-6)
 
 
-def _serve(*args: str) -> tuple[subprocess.Popen[str], list[str], threading.Event]:
+def _serve(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], list[str], threading.Event]:
     """``shipyard serve ... --engine ray`` in its own process group (as a terminal runs it);
     its stdout lines collected, and an event set once it prints where it serves."""
     command = [sys.executable, "-m", "shipyard", "serve", *args, "--engine", "ray"]
     # Not the session cluster's RAY_* settings: the command starts a cluster of its own.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PYTHONPATH"] = str(REPO / "src")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    clean |= {"PYTHONPATH": str(REPO / "src"), **(env or {})}
     process = subprocess.Popen(
         command,
         cwd=REPO,
-        env=env,
+        env=clean,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -249,18 +251,23 @@ def test_serve_command_on_ray_serves_a_renamed_package_and_stops_on_sigterm(
     port = _port()
     process, lines, serving = _serve(
         "--model-dir", str(packages / "tiny" / "2"), "--model-name", "digits-classifier",
-        "--port", str(port), "--replicas", "2",
+        "--port", str(port), "--replicas", "2", env={"SHIPYARD_SERVE_TOKEN": "s3cret"},
     )  # fmt: skip
     try:
         assert serving.wait(timeout=180), "".join(lines) + (process.stderr.read() or "")
         family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]
         assert len(_replica_processes("digits-classifier")) == 2
         url = f"http://127.0.0.1:{port}"
-        answer = httpx.post(f"{url}/v2/models/digits-classifier/infer", json=BODY, timeout=30)
+        infer = f"{url}/v2/models/digits-classifier/infer"
+        denied = httpx.post(infer, json=BODY, timeout=30)
+        assert denied.status_code == 401 and "token" in denied.json()["error"]
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401  # the front too
+        user = {"Authorization": "Bearer s3cret"}
+        answer = httpx.post(infer, json=BODY, headers=user, timeout=30)
         assert answer.status_code == 200 and answer.json()["model_version"] == "2"
         logits = np.asarray(answer.json()["outputs"][0]["data"], np.float32).reshape(1, 10)
         np.testing.assert_allclose(logits, reference(packages, "tiny", 2, X), atol=1e-6)
-        assert httpx.get(f"{url}/v2/models/tiny", timeout=30).status_code == 404
+        assert httpx.get(f"{url}/v2/models/tiny", headers=user, timeout=30).status_code == 404
         process.send_signal(signal.SIGTERM)
         _stopped_cleanly(process, family)
     finally:

@@ -11,6 +11,7 @@ uses: it stops on SIGINT/SIGTERM, and a local cluster leaves no process behind
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -19,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from shipyard.serve import MAX_BODY_BYTES
 from shipyard.serve.errors import RepositoryError
 from shipyard.serve.layout import Layout, find_layout, suggest
-from shipyard.serve.ray.cluster import Cluster, haproxy_routes, wait_until
+from shipyard.serve.ray.cluster import Cluster, fetch, haproxy_routes, wait_until
 from shipyard.serve.ray.settings import (
     FRONT,
     Scale,
@@ -166,8 +165,8 @@ class RayServer:
 
     def _answers(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200
-        except httpx.TransportError:
+            return fetch(f"{self.url}/v2/health/ready")[0] == 200
+        except OSError:
             return False
 
     def _startup(self) -> RayStartup:
@@ -175,9 +174,8 @@ class RayServer:
 
         apps = serve.status().applications
         token = self.tokens["admin_token"] or self.tokens["auth_token"]
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        index = f"{self.url}/v2/repository/index"
-        ready = httpx.post(index, json={"ready": True}, headers=headers, timeout=30).json()
+        index = fetch(f"{self.url}/v2/repository/index", b'{"ready": true}', token)[1]
+        ready = json.loads(index)
         rows = []
         for model in self.models:
             states = apps[model].deployments[model].replica_states

@@ -26,10 +26,11 @@ import logging
 import os
 import socket
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from shipyard.errors import InputError, MissingExtraError
@@ -180,8 +181,8 @@ def haproxy_routes(cluster: Cluster, wanted: dict[str, int]) -> bool:
         return False
     port = cluster.env["RAY_SERVE_HAPROXY_STATS_PORT"]
     try:
-        text = httpx.get(f"http://127.0.0.1:{port}/stats;csv", timeout=5).text
-    except httpx.TransportError:
+        text = fetch(f"http://127.0.0.1:{port}/stats;csv")[1].decode()
+    except OSError:
         return False
     up: dict[str, int] = {}
     for line in text.splitlines():
@@ -189,6 +190,19 @@ def haproxy_routes(cluster: Cluster, wanted: dict[str, int]) -> bool:
         if len(fields) > 17 and fields[1].startswith("SERVE_REPLICA") and fields[17] == "UP":
             up[fields[0]] = up.get(fields[0], 0) + 1
     return all(up.get(f"http-{app}", 0) >= count for app, count in wanted.items())
+
+
+def fetch(url: str, body: bytes | None = None, token: str | None = None) -> tuple[int, bytes]:
+    """(status, body) of one HTTP request (POST when ``body`` is given); OSError when the
+    server cannot be reached. The standard library's client: httpx is a test dependency."""
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
 
 
 def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -206,6 +220,7 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2)
 __all__ = [
     "INGRESSES",
     "Cluster",
+    "fetch",
     "free_port",
     "haproxy_routes",
     "local_environment",
