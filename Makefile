@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,openvino,tflite,sign,pretrained]"
+	$(BIN)/python -m pip install -q -e ".[dev,openvino,tflite,sign,pretrained,ray]"
 	$(BIN)/python -m pip install -q --no-deps "recbole==1.2.1"
 	touch $(STAMP)
 

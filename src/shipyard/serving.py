@@ -57,6 +57,24 @@ class AllPolicy(_Strict):
 VersionPolicy = LatestPolicy | SpecificPolicy | AllPolicy
 
 
+class Autoscaling(_Strict):
+    """Replicas between ``min_replicas`` and ``max_replicas`` (the Ray engine), aiming at
+    ``target_ongoing_requests`` requests in progress per replica (None: one full batch per
+    instance, ``max(max_batch_size, 1) * instances``)."""
+
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
 class ServingConfig(_Strict):
     """How one version is served. Every field has a default; ``{}`` is a valid config.
 
@@ -79,6 +97,11 @@ class ServingConfig(_Strict):
       microseconds, more than a small model's whole run.
     - ``version_policy``: ``{"latest": N}``, ``{"specific": [..]}`` or ``{"all": true}``; the
       newest version's manifest decides for the whole model.
+    - ``replicas``, ``replica_cpus``, ``autoscaling``: the Ray engine (``serve --engine ray``)
+      runs ``replicas`` copies of the model, each reserving ``replica_cpus`` CPUs (None:
+      ``instances * threads``), or scales between the bounds of ``autoscaling``. The newest
+      version's manifest decides, as for the version policy; the single-process server
+      ignores them.
     """
 
     artifact: str | None = None
@@ -91,6 +114,9 @@ class ServingConfig(_Strict):
     threads: int = Field(default=1, ge=1)
     inline_below_ms: float = Field(default=0.5, ge=0)
     version_policy: VersionPolicy = Field(default_factory=lambda: LatestPolicy(latest=1))
+    replicas: int = Field(default=1, ge=1)
+    replica_cpus: float | None = Field(default=None, gt=0)
+    autoscaling: Autoscaling | None = None
 
     @model_validator(mode="after")
     def _preferred_fit(self) -> ServingConfig:
@@ -122,6 +148,7 @@ class ServingConfig(_Strict):
 
 __all__ = [
     "AllPolicy",
+    "Autoscaling",
     "LatestPolicy",
     "ServingConfig",
     "ServingConfigError",

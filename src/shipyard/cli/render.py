@@ -19,6 +19,7 @@ from shipyard.validate import CONFIDENT, ValidationReport
 
 if TYPE_CHECKING:  # the web stack loads only when a server runs
     from shipyard.serve.app import Startup
+    from shipyard.serve.ray import RayStartup
 
 
 def _table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
@@ -284,6 +285,27 @@ def serving(startup: Startup, addresses: str) -> RenderableType:
             + (f", signed by {escape(served.signed_by)}" if served.signed_by else ""),
         )
     table.caption = escape(addresses)
+    return table
+
+
+def ray_serving(startup: RayStartup) -> RenderableType:
+    """``shipyard serve --engine ray``'s startup table: each model's deployment."""
+    table = _table(
+        escape(f"{startup.layout.describe()} on Ray ({startup.cluster})"),
+        ("model", "versions", "replicas", "running", "CPUs each", "batching", "route"),
+        left=("model", "versions", "batching", "route"),
+    )
+    for row in startup.rows:
+        table.add_row(
+            escape(row.model),
+            ", ".join(row.versions) or "—",
+            row.replicas,
+            str(row.running),
+            f"{row.cpus:g}",
+            row.batching,
+            escape(row.route),
+        )
+    table.caption = escape(f"serving on {startup.url}")
     return table
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from shipyard.cli import engine as ray_engine
 from shipyard.cli.app import app, console
 from shipyard.cli.options import (
     InstancesOpt,
@@ -28,13 +29,13 @@ if TYPE_CHECKING:  # the web stack loads only when the server runs
 @app.command()
 def serve(
     path: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="A model repository (<model>/<version>/shipyard.json), one model folder "
             "(<version>/shipyard.json), one package folder (shipyard.json), or one model "
             "file (.onnx, .tflite, OpenVINO .xml); all but a repository are served alone.",
         ),
-    ],
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Interface to bind (loopback by default).")
     ] = "127.0.0.1",
@@ -120,14 +121,32 @@ def serve(
             "refused, with the reason in /v2/repository/index (env SHIPYARD_VERIFY_KEY).",
         ),
     ] = None,
+    engine: ray_engine.EngineOpt = "process",
+    replicas: ray_engine.ReplicasOpt = None,
+    autoscale: ray_engine.AutoscaleOpt = None,
+    replica_cpus: ray_engine.ReplicaCpusOpt = None,
+    ray_address: ray_engine.AddressOpt = None,
+    ray_ingress: ray_engine.IngressOpt = "haproxy",
+    model_name: ray_engine.ModelNameOpt = None,
+    model_dir: ray_engine.ModelDirOpt = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC).
 
     A model file is packaged into a temporary folder first (removed on exit), as
     shipyard package would; --name and the serving options apply to a model file only.
+    With --engine ray each model becomes a Ray Serve deployment (replicas, autoscaling, a
+    cluster with --address), answering the same protocol.
     """
     from shipyard.serve import run_server
+    from shipyard.serve.layout import find_layout, served_as
     from shipyard.serve.tls import Tls
+
+    path = ray_engine.served_path(path, model_dir)
+    ray_only = {"--replicas": replicas is not None, "--autoscale": autoscale is not None}
+    ray_only |= {"--replica-cpus": replica_cpus is not None, "--address": bool(ray_address)}
+    process_only = {"--grpc-port": grpc_port is not None, "--tls-cert": tls_cert is not None}
+    process_only |= {"--workers": workers != 1, "--verify-key": verify_key is not None}
+    ray_engine.check_engine(engine, ray_only, process_only)
 
     if (tls_cert is None) != (tls_key is None):
         raise InputError("--tls-cert and --tls-key go together: give both, or neither")
@@ -156,9 +175,18 @@ def serve(
     show = partial(show_startup, address + extra, bracketed, tls is not None)
 
     def run(served: Path) -> None:
+        target = served_as(find_layout(served), model_name) if model_name else served
+        if engine == "ray":
+            options: dict[str, Any] = {"replicas": replicas, "autoscale": autoscale}
+            options["address"] = ray_address
+            options |= {"replica_cpus": replica_cpus, "ingress": ray_ingress}
+            options |= {"auth_token": token, "admin_token": admin_token, "watch_seconds": watch}
+            options |= {"max_body_bytes": int(max_body_mb * 2**20), "body_timeout": body_timeout}
+            ray_engine.serve_on_ray(target, host, port, options)
+            return
         # Tokens come from the environment by default: command lines are visible to local users.
         run_server(
-            served,
+            target,
             host,
             port,
             auth_token=token,

@@ -23,10 +23,11 @@ MAX_BODY_BYTES = 64 * 2**20
 
 if TYPE_CHECKING:
     from shipyard.serve.app import Startup, V2App
+    from shipyard.serve.layout import Layout
     from shipyard.serve.tls import Tls
 
 
-def create_app(repository: str | Path, **options: Any) -> V2App:
+def create_app(repository: str | Path | Layout, **options: Any) -> V2App:
     """The V2 server ASGI app; see :func:`shipyard.serve.app.create_app` for ``options``."""
     from shipyard.serve.app import create_app as create
 
@@ -34,7 +35,7 @@ def create_app(repository: str | Path, **options: Any) -> V2App:
 
 
 def run_server(
-    repository: str | Path,
+    repository: str | Path | Layout,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,

@@ -44,7 +44,7 @@ from shipyard.serve.infer import (
     reply,
     send_reply,
 )
-from shipyard.serve.layout import Layout, find_layout, suggest
+from shipyard.serve.layout import Layout, suggest
 from shipyard.serve.metrics import ServeMetrics
 from shipyard.serve.repository import LoadFailed, Repository, VersionRow, check_name
 from shipyard.serve.tls import Tls
@@ -301,7 +301,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 def create_app(
-    repository: str | Path,
+    repository: str | Path | Layout,
     *,
     auth_token: str | None = None,
     admin_token: str | None = None,
@@ -318,7 +318,8 @@ def create_app(
 ) -> V2App:
     """The V2 server (an ASGI app) over ``repository``: a model repository folder, one model
     folder or one package folder (:mod:`shipyard.serve.layout`; a model or package folder is
-    served alone). Raises RepositoryError when it is not a folder, saying what to pass.
+    served alone), or its :class:`Layout`. Raises RepositoryError when it is not a folder,
+    saying what to pass.
 
     ``auth_token``: bearer token for inference, metadata and /metrics (health stays open for
     probes). ``admin_token``: bearer token for the repository endpoints (default:
@@ -346,7 +347,7 @@ def create_app(
         from shipyard.signing import PackageVerifier
 
         verifier = PackageVerifier(verify_key)
-    repo = Repository(find_layout(repository), ServeMetrics(), verifier)
+    repo = Repository(repository, ServeMetrics(), verifier)  # a Layout, or a folder
     dispatcher = Dispatcher(repo, auth_token, admin_token)
     server = _Server(dispatcher, max_body_bytes, strict, on_loaded, body_timeout)
 
