@@ -16,7 +16,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -189,6 +189,7 @@ def bench(
     max_seconds: float | None = None,
     seed: int = 0,
     on_progress: BenchCallback | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> BenchReport:
     """Time every artifact at every batch size, interleaved, on identical inputs.
 
@@ -196,7 +197,9 @@ def bench(
     per session and batch size are discarded. ``runs`` is the number of timed rounds per batch
     size; ``max_seconds`` caps each batch size's timed loop (at least 5 rounds are kept).
     Inputs come from ``signature.example_inputs(batch, seed)`` of the first artifact, so all
-    artifacts must share a signature. ``on_progress(BenchProgress)`` follows the timed rounds.
+    artifacts must share a signature; ``sizes`` fixes other dynamic dimensions (``{"seq": 32}``:
+    32 tokens per text), the rest take the batch size. ``on_progress(BenchProgress)`` follows
+    the timed rounds.
     Raises InputError on no artifacts, duplicate names or impossible counts.
     """
     if not artifacts:
@@ -220,7 +223,7 @@ def bench(
     loadavg_start = _loadavg()
     # The same arrays for every artifact: one signature, one seed.
     signature = artifacts[0].signature
-    inputs = {b: signature.example_inputs(batch=b, seed=seed) for b in batch_sizes}
+    inputs = {b: signature.example_inputs(b, seed, sizes) for b in batch_sizes}
 
     sessions: list[Session] = []
     load_rss: list[float] = []

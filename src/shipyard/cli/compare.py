@@ -54,7 +54,9 @@ def validate(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option(help="classification, binary or other; default: the recipe's or package's."),
+        typer.Option(
+            help="classification, binary, embedding or other; default: the recipe's or package's."
+        ),
     ] = None,
     samples: SamplesOpt = None,
     as_json: JsonOpt = False,
