@@ -335,7 +335,10 @@ class Repository:
             return None, detail
         label = f"model '{model.name}' version {number}"
         bound = self.metrics.version(model.name, number)
-        batcher = Batcher(opened.sessions, opened.config, label=label, metrics=bound)
+        padding = opened.text.padding if opened.text is not None else None
+        batcher = Batcher(
+            opened.sessions, opened.config, label=label, metrics=bound, padding=padding
+        )
         bound.queue_depth.set_function(lambda: batcher.depth)
         batcher.start()
         self.metrics.load_seconds.labels(model.name, str(number)).set(opened.seconds)
