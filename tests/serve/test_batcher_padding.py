@@ -5,7 +5,6 @@ embedding table and a masked mean gives the same answer padded or alone."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 import pytest
