@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import shipyard
-from shipyard.recipe import OptimizeSettings, load_recipe
+from shipyard.recipe import load_recipe
 from tests.conftest import REPO
 
 pytestmark = [
