@@ -221,6 +221,7 @@ def bench(
     inputs: Callable[[int], dict[str, np.ndarray]] | None = None,
     prepare: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     timed: str | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> BenchReport:
     """Time every artifact at every batch size, interleaved, on identical inputs.
 
@@ -228,10 +229,11 @@ def bench(
     per session and batch size are discarded. ``runs`` is the number of timed rounds per batch
     size; ``max_seconds`` caps each batch size's timed loop (at least 5 rounds are kept).
     Inputs come from ``signature.example_inputs(batch, seed)`` of the first artifact, so all
-    artifacts must share a signature. ``on_progress(BenchProgress)`` follows the timed rounds.
-    End to end: ``inputs(batch)`` gives the raw inputs instead (encoded images...) and
-    ``prepare(raw)`` turns them into the model's tensors inside every timed call, so the
-    numbers include the package's pre-processing; ``timed`` says so in the report.
+    artifacts must share a signature; ``sizes`` fixes other dynamic dimensions (``{"seq": 32}``:
+    32 tokens per text), the rest take the batch size. ``on_progress(BenchProgress)`` follows
+    the timed rounds. End to end: ``inputs(batch)`` gives the raw inputs instead (encoded
+    images...) and ``prepare(raw)`` turns them into the model's tensors inside every timed call,
+    so the numbers include the package's pre-processing; ``timed`` says so in the report.
     Raises InputError on no artifacts, duplicate names or impossible counts.
     """
     if not artifacts:
@@ -255,7 +257,7 @@ def bench(
     loadavg_start = _loadavg()
     # The same arrays for every artifact: one signature, one seed.
     signature = artifacts[0].signature
-    make = inputs or (lambda b: signature.example_inputs(batch=b, seed=seed))
+    make = inputs or (lambda b: signature.example_inputs(b, seed, sizes))
     feeds_at = {b: make(b) for b in batch_sizes}
 
     sessions: list[Session] = []

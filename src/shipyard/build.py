@@ -117,8 +117,9 @@ def prepare(
     steps(Stage.LOAD, f"loaded {recipe.model.source}")
     check_processing(recipe, reference.signature)
     sources = recipe.data.model_dump(exclude_none=True)
+    processing = recipe.preprocess.resolved(recipe.base_dir) if recipe.preprocess else None
     data = {
-        role: load_data(recipe.resolve(spec), reference.signature, preprocess=recipe.preprocess)
+        role: load_data(recipe.resolve(spec), reference.signature, preprocess=processing)
         for role, spec in sources.items()
     }
     if data:
@@ -162,6 +163,7 @@ def measure(
         warmup=b.warmup,
         runs=b.runs,
         max_seconds=cap,
+        sizes=b.sizes,
     )
 
 

@@ -75,6 +75,8 @@ class BenchSettings(_Strict):
     warmup: int = Field(default=5, ge=0)
     runs: int = Field(default=50, ge=1)
     max_seconds: float | None = Field(default=20.0, gt=0)
+    # Other dynamic dimensions' sizes ({seq: 32}: 32 tokens per text); the rest take the batch.
+    sizes: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -196,8 +198,9 @@ class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(default=1, ge=1)
     description: str = ""
-    # classification: accuracy from labels; binary: one score per row, AUC and log-loss
-    task: Literal["classification", "binary", "other"] = "classification"
+    # classification: accuracy from labels; binary: one score per row, AUC and log-loss;
+    # embedding: labels are groups of similar samples (the semantic check, embedding_metrics)
+    task: Literal["classification", "binary", "embedding", "other"] = "classification"
     model: ModelSource
     signature: Signature | None = None
     data: DataSources = Field(default_factory=DataSources)
@@ -217,7 +220,7 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _processing_fits(self) -> Recipe:
         if self.preprocess is not None and self.signature is not None:
-            self.preprocess.image_input(self.signature)  # ValueError names the mismatch
+            self.preprocess.check(self.signature)  # ValueError names the mismatch
         return self
 
     @field_validator("optimize", mode="before")

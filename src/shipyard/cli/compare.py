@@ -23,6 +23,7 @@ from shipyard.cli.options import (
     Top1Opt,
     load_artifacts,
     package_data,
+    package_preprocess,
     package_task,
     signature_from,
 )
@@ -55,9 +56,18 @@ def validate(
     max_auc_drop: Annotated[
         float | None, typer.Option(help="Gate: max AUC drop (task binary, needs labels).")
     ] = None,
+    min_sample_cosine: Annotated[
+        float | None, typer.Option(help="Gate: every sample's cosine (outputs of rows).")
+    ] = None,
+    min_ranking_agreement: Annotated[
+        float | None,
+        typer.Option(help="Gate: triplets ordered as the reference (task embedding, labels)."),
+    ] = None,
     task: Annotated[
         str | None,
-        typer.Option(help="classification, binary or other; default: the recipe's or package's."),
+        typer.Option(
+            help="classification, binary, embedding or other; default: the recipe's or package's."
+        ),
     ] = None,
     samples: SamplesOpt = None,
     as_json: JsonOpt = False,
@@ -84,11 +94,16 @@ def validate(
         min_top1_agreement=min_top1_agreement,
         max_accuracy_drop=max_accuracy_drop,
         max_auc_drop=max_auc_drop,
+        min_sample_cosine=min_sample_cosine,
+        min_ranking_agreement=min_ranking_agreement,
     )
     loaded = load_artifacts(specs, signature_from(input, recipe), weights, kwargs)
     ref, cand = loaded[0], loaded[-1]
     data = data or package_data(specs)
-    dataset = load_data(data, ref.signature) if data else None
+    processing = package_preprocess(specs)
+    if recipe is not None and loaded_recipe.preprocess is not None:
+        processing = loaded_recipe.preprocess.resolved(loaded_recipe.base_dir)
+    dataset = load_data(data, ref.signature, preprocess=processing) if data else None
     report = run_validate(ref, cand, dataset, gates, samples=samples, task=task)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -129,7 +144,8 @@ def compare(
     if bisect:
         if len(loaded) != 2:
             raise InputError(f"--bisect compares exactly two ONNX files, got {len(loaded)}")
-        dataset = load_data(data, loaded[0].signature) if data else None
+        processing = package_preprocess(artifacts)
+        dataset = load_data(data, loaded[0].signature, preprocess=processing) if data else None
         feeds = dataset.take(samples or 8).inputs if dataset else None
         result = run_bisect(
             loaded[0],
@@ -152,7 +168,8 @@ def compare(
             raise typer.Exit(1)
         return
     data = data or package_data(artifacts)
-    dataset = load_data(data, loaded[0].signature) if data else None
+    processing = package_preprocess(artifacts)
+    dataset = load_data(data, loaded[0].signature, preprocess=processing) if data else None
     task = package_task(artifacts) or "classification"
     reports = run_compare(loaded, dataset, gates, samples=samples, task=task)
     if as_json:

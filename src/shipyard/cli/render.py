@@ -107,10 +107,33 @@ def validation(report: ValidationReport) -> Group:
         )
     if report.auc_reference is not None or report.auc_candidate is not None:
         parts.append(Text(_auc_line(report)))
+    parts += [Text(line) for line in embedding_lines(report)]
     for gate in report.gates:
         style = "green" if gate.passed else "bold red"
         parts.append(Text(f"  {gate.describe()}", style=style))
     return Group(*parts)
+
+
+def embedding_lines(report: ValidationReport) -> list[str]:
+    """Per-sample cosine of each output of rows and the ranking check (task: embedding),
+    printed when a gate judges them or the report has a ranking, so others print as before."""
+    judged = {g.gate for g in report.gates} & {"min_sample_cosine", "min_mean_cosine"}
+    lines = []
+    if judged or report.ranking_agreement is not None:
+        lines += [
+            f"per-sample cosine [{out.name}]: min {out.sample_cosine_min:.6f}, mean "
+            f"{out.sample_cosine_mean:.6f}"
+            for out in report.outputs
+            if out.sample_cosine_min is not None and out.sample_cosine_mean is not None
+        ]
+    if report.ranking_agreement is not None:
+        lines.append(
+            f"ranking: {report.candidate} orders {report.ranking_agreement:.2%} of "
+            f"{report.ranking_triplets:,} (anchor, similar, unrelated) triplets as "
+            f"{report.reference} does; as labelled: {report.reference} "
+            f"{report.ranking_reference:.2%}, {report.candidate} {report.ranking_candidate:.2%}"
+        )
+    return lines
 
 
 def _auc_line(report: ValidationReport) -> str:

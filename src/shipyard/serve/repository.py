@@ -335,7 +335,10 @@ class Repository:
             return None, detail
         label = f"model '{model.name}' version {number}"
         bound = self.metrics.version(model.name, number)
-        batcher = Batcher(opened.sessions, opened.config, label=label, metrics=bound)
+        padding = opened.text.padding if opened.text is not None else None
+        batcher = Batcher(
+            opened.sessions, opened.config, label=label, metrics=bound, padding=padding
+        )
         if not bound.track_depth:  # one process: read at scrape time, free per request
             bound.queue_depth.set_function(lambda: batcher.depth)
         batcher.start()
