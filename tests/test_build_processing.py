@@ -4,6 +4,7 @@ manifest and the report hold each example's top-k classes, and mistakes fail bef
 
 from __future__ import annotations
 
+import json
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -157,3 +158,54 @@ def test_the_build_command_prints_agreement_when_gates_judge_it(tmp_path: Path) 
         "(p >= 0.5): " in run.stdout
     )
     assert "min_top5_agreement [scores]: 1 (limit 1) ok" in run.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-rgb")
+    return build(write_recipe(folder), folder / "out").package_dir
+
+
+def test_bench_end_to_end_times_the_packages_preprocessing(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    package = tiny_package
+    from shipyard.examples.efficientnet.data import photo_path
+
+    photo_file = tmp_path / "chelsea.png"
+    photo_file.write_bytes(photo_path("chelsea").read_bytes())
+    args = ("--runs", "3", "--batch-sizes", "1,2", "--json")
+    plain = shipyard("bench", package, *args)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["timed"] == "Session.run"
+    for extra, what in (((), "a 640x480 JPEG"), (("--image", photo_file), "chelsea.png")):
+        run = shipyard("bench", package, "--end-to-end", *extra, *args)
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        assert report["timed"] == f"decode {what} + pre-process + Session.run"
+        assert [s["batch"] for s in report["results"][0]["latency"]] == [1, 2]
+
+
+def test_bench_end_to_end_refuses_what_it_cannot_decode(tiny_package: Path, tmp_path: Path) -> None:
+    package = tiny_package
+    (tmp_path / "notes.txt").write_text("not a picture")
+    cases = {
+        ("--end-to-end", "--image", tmp_path / "notes.txt"): "notes.txt",
+        ("--end-to-end", "--image", tmp_path / "missing.jpg"): "cannot read it",
+        ("--image", tmp_path / "notes.txt"): "add --end-to-end",
+    }
+    for extra, message in cases.items():
+        run = shipyard("bench", package, *extra, "--runs", "3")
+        assert run.returncode != 0 and message in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
+    onnx = shipyard("bench", package / "model.onnx", "--end-to-end", "--runs", "3")
+    assert onnx.returncode != 0 and "preprocess: image section" in onnx.stderr, onnx.stderr
+
+
+def test_inspect_shows_each_examples_top_class_per_artifact(tiny_package: Path) -> None:
+    run = shipyard("inspect", tiny_package)
+    assert run.returncode == 0, run.stderr
+    assert "top-1 class of each example" in run.stdout
+    rows = [line for line in run.stdout.splitlines() if line.startswith("│ chelsea")]
+    assert len(rows) == 1 and rows[0].count("class <") == 2, run.stdout  # torch, onnx; no markup
+    assert "same top-1 as torch: onnx 4/4" in run.stdout

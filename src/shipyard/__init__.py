@@ -5,6 +5,7 @@ The Python API mirrors the CLI and returns objects instead of printing::
     import shipyard
     result = shipyard.build("examples/digits/recipe.yaml", output="out")
     best = shipyard.optimize("examples/digits/recipe.yaml", output="opt")
+    done = shipyard.predict("out/digits/1", "images.npy", "logits.npy")
     onnx = shipyard.export("my.models:build", "model.onnx", signature=sig)
     int8 = shipyard.quantize(onnx, "model.int8.onnx", preset="static_qdq_u8s8", data=data)
     report = shipyard.validate(reference, onnx, data)
@@ -28,6 +29,7 @@ from shipyard.errors import ShipyardError
 from shipyard.optimize import optimize
 from shipyard.package import Package, load_package
 from shipyard.passes.export import ExportConfig, export_onnx
+from shipyard.predict import Prediction, predict
 from shipyard.recipe import Recipe, load_recipe
 from shipyard.runtimes import Session, open_session
 from shipyard.signature import Signature, TensorSpec
@@ -125,6 +127,7 @@ __all__ = [
     "ExportConfig",
     "Gates",
     "Package",
+    "Prediction",
     "Recipe",
     "Session",
     "ShipyardError",
@@ -144,6 +147,7 @@ __all__ = [
     "open_session",
     "optimize",
     "package_file",
+    "predict",
     "quantize",
     "validate",
 ]

@@ -16,7 +16,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -108,6 +108,7 @@ class BenchReport:
     loadavg_end: tuple[float, float, float]
     peak_rss_mb: float
     seconds: float
+    timed: str = "Session.run"  # what one timed call covers
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict (tuples become lists in JSON)."""
@@ -123,6 +124,34 @@ class BenchReport:
         """``baseline`` p50 / each artifact's p50 at ``batch``: above 1 means faster."""
         base = self.get(baseline).at(batch).p50_ms
         return {r.name: base / r.at(batch).p50_ms for r in self.results}
+
+
+class _Prepared(Session):
+    """A session whose every run starts with ``prepare`` (end-to-end timing)."""
+
+    def __init__(
+        self,
+        inner: Session,
+        prepare: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+    ) -> None:
+        super().__init__(inner.artifact, inner.device, inner.requested_threads)
+        self.inner, self.prepare = inner, prepare
+        self.backend = inner.backend  # type: ignore[misc]
+
+    @property
+    def threads(self) -> int:
+        return self.inner.threads
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.inner.run(self.prepare(feeds))
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        return self.inner.run(self.prepare(feeds), outputs)  # raw inputs: not the signature's
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _rss_mb() -> float:
@@ -189,6 +218,10 @@ def bench(
     max_seconds: float | None = None,
     seed: int = 0,
     on_progress: BenchCallback | None = None,
+    inputs: Callable[[int], dict[str, np.ndarray]] | None = None,
+    prepare: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    timed: str | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> BenchReport:
     """Time every artifact at every batch size, interleaved, on identical inputs.
 
@@ -196,7 +229,11 @@ def bench(
     per session and batch size are discarded. ``runs`` is the number of timed rounds per batch
     size; ``max_seconds`` caps each batch size's timed loop (at least 5 rounds are kept).
     Inputs come from ``signature.example_inputs(batch, seed)`` of the first artifact, so all
-    artifacts must share a signature. ``on_progress(BenchProgress)`` follows the timed rounds.
+    artifacts must share a signature; ``sizes`` fixes other dynamic dimensions (``{"seq": 32}``:
+    32 tokens per text), the rest take the batch size. ``on_progress(BenchProgress)`` follows
+    the timed rounds. End to end: ``inputs(batch)`` gives the raw inputs instead (encoded
+    images...) and ``prepare(raw)`` turns them into the model's tensors inside every timed call,
+    so the numbers include the package's pre-processing; ``timed`` says so in the report.
     Raises InputError on no artifacts, duplicate names or impossible counts.
     """
     if not artifacts:
@@ -220,7 +257,8 @@ def bench(
     loadavg_start = _loadavg()
     # The same arrays for every artifact: one signature, one seed.
     signature = artifacts[0].signature
-    inputs = {b: signature.example_inputs(batch=b, seed=seed) for b in batch_sizes}
+    make = inputs or (lambda b: signature.example_inputs(b, seed, sizes))
+    feeds_at = {b: make(b) for b in batch_sizes}
 
     sessions: list[Session] = []
     load_rss: list[float] = []
@@ -229,9 +267,11 @@ def bench(
         # One after another, so each RSS delta belongs to one artifact.
         for artifact in artifacts:
             before = _rss_mb()
-            session = open_session(artifact, threads=threads)
+            session: Session = open_session(artifact, threads=threads)
+            if prepare is not None:
+                session = _Prepared(session, prepare)
             sessions.append(session)
-            session.run(inputs[batch_sizes[0]])  # first run allocates buffers / plans kernels
+            session.run(feeds_at[batch_sizes[0]])  # first run allocates buffers / plans kernels
             load_rss.append(_rss_mb() - before)
         total = runs * len(batch_sizes)
         done = 0
@@ -239,7 +279,7 @@ def bench(
             # Warm up right before timing, so every session's buffers for this shape are hot.
             for session in sessions:
                 for _ in range(warmup):
-                    session.run(inputs[b])
+                    session.run(feeds_at[b])
 
             def advance(rounds: int, batch: int = b) -> None:
                 nonlocal done
@@ -247,7 +287,7 @@ def bench(
                 if on_progress is not None:
                     on_progress(BenchProgress(batch, done, total))
 
-            samples[b] = _time_rounds(sessions, inputs[b], runs, max_seconds, advance)
+            samples[b] = _time_rounds(sessions, feeds_at[b], runs, max_seconds, advance)
         results = [
             ArtifactBench(
                 name=a.name,
@@ -274,4 +314,5 @@ def bench(
         loadavg_end=_loadavg(),
         peak_rss_mb=_peak_rss_mb(),
         seconds=time.perf_counter() - began,
+        timed=timed or ("prepare + Session.run" if prepare else "Session.run"),
     )

@@ -118,11 +118,12 @@ def prepare(
     steps(Stage.LOAD, f"loaded {recipe.model.source}")
     check_processing(recipe, reference.signature)
     sources = recipe.data.model_dump(exclude_none=True)
+    processing = recipe.preprocess.resolved(recipe.base_dir) if recipe.preprocess else None
     signature = reference.signature
     if recipe.serve.sequence is not None:  # data holds what clients send: chunks, no state
         signature = Stepper(signature, recipe.serve.sequence).client
     data = {
-        role: load_data(recipe.resolve(spec), signature, preprocess=recipe.preprocess)
+        role: load_data(recipe.resolve(spec), signature, preprocess=processing)
         for role, spec in sources.items()
     }
     if data:
@@ -167,6 +168,7 @@ def measure(
         warmup=b.warmup,
         runs=b.runs,
         max_seconds=cap,
+        sizes=b.sizes,
     )
 
 

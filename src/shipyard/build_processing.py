@@ -26,12 +26,14 @@ from shipyard.validate import run_all
 def check_processing(recipe: Recipe, signature: Signature) -> list[str] | None:
     """Check the recipe's processing against the model's signature; return the labels.
 
-    Raises RecipeError when the images cannot feed the model, DataError for a labels file
-    that cannot be read or names another number of classes than the model has.
+    Raises RecipeError when the images or texts cannot feed the model, DataError for a
+    labels file that cannot be read or names another number of classes than the model has,
+    or a tokenizer that cannot be found.
     """
     if recipe.preprocess is not None:
+        recipe.preprocess.resolved(recipe.base_dir)  # the tokenizer exists, its length known
         try:
-            recipe.preprocess.image_input(signature)
+            recipe.preprocess.check(signature)
         except ValueError as error:
             raise RecipeError(str(error)) from error
     if recipe.postprocess is None:

@@ -26,12 +26,17 @@ class Gates(BaseModel):
     atol: float | None = Field(default=None, ge=0)
     rtol: float | None = Field(default=None, ge=0)
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    # Outputs of rows: every sample's cosine with the reference's (the minimum), and their mean.
+    min_sample_cosine: float | None = Field(default=None, ge=-1, le=1)
+    min_mean_cosine: float | None = Field(default=None, ge=-1, le=1)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     min_top5_agreement: float | None = Field(default=None, ge=0, le=1)  # see OutputComparison
     min_confident_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
     max_auc_drop: float | None = Field(default=None, ge=0, le=1)  # task: binary
     max_f1_drop: float | None = Field(default=None, ge=0, le=1)  # task: detection
+    # task: embedding: share of triplets ordered as the reference orders them (embedding_metrics)
+    min_ranking_agreement: float | None = Field(default=None, ge=0, le=1)
 
     def merged(self, **overrides: float | None) -> Gates:
         """These gates with every non-None override applied (command-line flags win).
@@ -77,7 +82,7 @@ class GateResult:
         return f"{self.gate}{where}: {value} (limit {self.limit:g}) {verdict}"
 
 
-def _at_least(gate: str, gates: Gates, value: float | None, output: str) -> GateResult:
+def _at_least(gate: str, gates: Gates, value: float | None, output: str | None) -> GateResult:
     """The verdict of a ``min_*`` gate: ``value`` (None: not measurable, fails) >= limit."""
     limit = getattr(gates, gate)
     return GateResult(gate, limit, value, value is not None and value >= limit, output, "min")
@@ -117,6 +122,12 @@ def gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
                     bound="min",
                 )
             )
+        for gate, value in (
+            ("min_sample_cosine", out.sample_cosine_min),
+            ("min_mean_cosine", out.sample_cosine_mean),
+        ):
+            if getattr(gates, gate) is not None and out.shape[1:]:  # outputs of rows only
+                results.append(_at_least(gate, gates, value, out.name))
         if gates.min_top1_agreement is not None and out.top1_agreement is not None:
             results.append(
                 GateResult(
@@ -153,4 +164,7 @@ def gate_results(report: ValidationReport, gates: Gates) -> list[GateResult]:
         f1_drop = report.f1_drop
         ok = f1_drop is not None and f1_drop <= gates.max_f1_drop + 1e-12
         results.append(GateResult("max_f1_drop", gates.max_f1_drop, f1_drop, ok))
+    if gates.min_ranking_agreement is not None:  # unmeasured (no labels, not task embedding)
+        value = report.ranking_agreement
+        results.append(_at_least("min_ranking_agreement", gates, value, None))
     return results

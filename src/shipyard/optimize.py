@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shipyard.artifact import Artifact
 from shipyard.bench import BenchReport
@@ -109,6 +110,8 @@ class _Search:
         self.plan = self.variants()
         self.planned = plan_size(settings, prunable(recipe.task, "train" in data))
         self.context = PassContext(workdir=self.work, reference=reference, data=data)
+        # The reference's outputs on the validation data: it runs once for all candidates.
+        self.reference_outputs: dict[str, Any] = {}
 
     def out_of_time(self) -> bool:
         return time.monotonic() > self.deadline
@@ -118,6 +121,10 @@ class _Search:
         if self.settings.gates is not None:
             return self.settings.gates
         validation = self.data.get("validation")
+        labelled = validation is not None and validation.labels is not None
+        if self.recipe.task == "embedding":  # per-sample cosine; with groups, the ranking
+            ranked = {"min_ranking_agreement": 1.0} if labelled else {}
+            return Gates(min_sample_cosine=0.98, min_mean_cosine=0.99, **ranked)
         if validation is not None and validation.labels is not None:
             if self.recipe.task == "binary":
                 return Gates(max_auc_drop=0.005)
@@ -127,7 +134,9 @@ class _Search:
         return Gates(min_cosine=0.99)
 
     def evaluate(self, artifact: Artifact) -> None:
-        report = validate_artifact(self.recipe, self.reference, artifact, self.data, self.gates)
+        report = validate_artifact(
+            self.recipe, self.reference, artifact, self.data, self.gates, self.reference_outputs
+        )
         self.candidates.append(Candidate(artifact, report))
         accuracy = (
             f"accuracy {report.accuracy_candidate:.2%} (drop {report.accuracy_drop * 100:+.2f})"

@@ -75,6 +75,8 @@ class BenchSettings(_Strict):
     warmup: int = Field(default=5, ge=0)
     runs: int = Field(default=50, ge=1)
     max_seconds: float | None = Field(default=20.0, gt=0)
+    # Other dynamic dimensions' sizes ({seq: 32}: 32 tokens per text); the rest take the batch.
+    sizes: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -198,7 +200,8 @@ class Recipe(_Strict):
     description: str = ""
     # classification: accuracy from labels; binary: one score per row, AUC and log-loss;
     # detection: one yes/no per frame (speech?), precision/recall/F1 at 0.5
-    task: Literal["classification", "binary", "detection", "other"] = "classification"
+    # embedding: labels are groups of similar samples (the semantic check, embedding_metrics)
+    task: Literal["classification", "binary", "detection", "embedding", "other"] = "classification"
     model: ModelSource
     signature: Signature | None = None
     data: DataSources = Field(default_factory=DataSources)
@@ -218,7 +221,7 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _processing_fits(self) -> Recipe:
         if self.preprocess is not None and self.signature is not None:
-            self.preprocess.image_input(self.signature)  # ValueError names the mismatch
+            self.preprocess.check(self.signature)  # ValueError names the mismatch
         return self
 
     @field_validator("optimize", mode="before")

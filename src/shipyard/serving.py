@@ -58,6 +58,24 @@ class AllPolicy(_Strict):
 VersionPolicy = LatestPolicy | SpecificPolicy | AllPolicy
 
 
+class Autoscaling(_Strict):
+    """Replicas between ``min_replicas`` and ``max_replicas`` (the Ray engine), aiming at
+    ``target_ongoing_requests`` requests in progress per replica (None: one full batch per
+    instance, ``max(max_batch_size, 1) * instances``)."""
+
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
 class ServingConfig(_Strict):
     """How one version is served. Every field has a default; ``{}`` is a valid config.
 
@@ -73,10 +91,20 @@ class ServingConfig(_Strict):
     - ``max_queue_size``: queued requests beyond which new ones get 503 + Retry-After.
     - ``timeout_ms``: a request not answered within this gets 504 (None: no limit).
     - ``instances``: sessions run concurrently, each with ``threads`` threads.
+    - ``inline_below_ms``: a request that finds the queue empty and every instance idle runs
+      on the event loop itself, without the hop to an inference thread, when the model's
+      recent single-request runs took less than this (0 disables; so does a
+      ``max_queue_delay_ms``, which asks requests to wait for others). The hop costs tens of
+      microseconds, more than a small model's whole run.
     - ``version_policy``: ``{"latest": N}``, ``{"specific": [..]}`` or ``{"all": true}``; the
       newest version's manifest decides for the whole model.
     - ``sequence``: the model keeps state per sequence (see :mod:`shipyard.stateful`); then
       ``max_batch_size`` is the most sequences stepped in one call.
+    - ``replicas``, ``replica_cpus``, ``autoscaling``: the Ray engine (``serve --engine ray``)
+      runs ``replicas`` copies of the model, each reserving ``replica_cpus`` CPUs (None:
+      ``instances * threads``), or scales between the bounds of ``autoscaling``. The newest
+      version's manifest decides, as for the version policy; the single-process server
+      ignores them.
     """
 
     artifact: str | None = None
@@ -87,8 +115,12 @@ class ServingConfig(_Strict):
     timeout_ms: float | None = Field(default=10_000, gt=0)
     instances: int = Field(default=1, ge=1)
     threads: int = Field(default=1, ge=1)
+    inline_below_ms: float = Field(default=0.5, ge=0)
     version_policy: VersionPolicy = Field(default_factory=lambda: LatestPolicy(latest=1))
     sequence: SequenceConfig | None = None
+    replicas: int = Field(default=1, ge=1)
+    replica_cpus: float | None = Field(default=None, gt=0)
+    autoscaling: Autoscaling | None = None
 
     @model_validator(mode="after")
     def _preferred_fit(self) -> ServingConfig:
@@ -120,6 +152,7 @@ class ServingConfig(_Strict):
 
 __all__ = [
     "AllPolicy",
+    "Autoscaling",
     "LatestPolicy",
     "ServingConfig",
     "ServingConfigError",

@@ -8,7 +8,12 @@ Accepted:
 - a ``torch.export`` program (``.pt2``);
 - an ONNX file (``.onnx``);
 - an OpenVINO IR (``.xml`` with its ``.bin``) or a TFLite file (``.tflite``), signature read
-  from the file (tensor names taken from a given signature by position).
+  from the file (tensor names taken from a given signature by position);
+- a Hugging Face model folder (``config.json``, weights; sentence-transformers' pooling and
+  normalisation when its files say so), signature derived from it: see ``model_folder``.
+
+A reference (``pkg.module:attr``) may also name a path, or a function returning one: a file or
+folder that ships inside an installed package.
 
 The last three are *model files* (``MODEL_FILES``): a build packages such a file as it is when
 no pass makes another, and ``shipyard package``/``serve`` take one without a recipe.
@@ -17,6 +22,7 @@ no pass makes another, and ``shipyard package``/``serve`` take one without a rec
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -113,11 +119,25 @@ def load_model(
     ``net.int8.onnx``; ``torch`` for a factory).
     """
     if is_reference(source):
-        module = _from_factory(source, dict(kwargs or {}))
+        made = _from_factory(source, dict(kwargs or {}))
+        if isinstance(made, Path):  # a path inside an installed package
+            if weights is not None:
+                raise SourceError(f"'{source}' names the model file or folder {made}: no weights")
+            return load_model(str(made), signature, name=name)
         if weights is not None:
-            load_weights(module, Path(weights))
-        return torch_artifact(module, signature, name or "torch", source)
+            load_weights(made, Path(weights))
+        return torch_artifact(made, signature, name or "torch", source)
     path = Path(source)
+    if path.is_dir():
+        from shipyard.model_folder import is_model_folder, load_model_folder
+
+        if not is_model_folder(path):
+            raise SourceError(
+                f"{path} is a folder without a config.json: a model folder is a Hugging Face "
+                f"one (config.json and its weights)"
+            )
+        module, derived = load_model_folder(path)
+        return torch_artifact(module, signature or derived, name or "torch", source)
     if is_model_file(source):
         path = model_file(path)
         return _file_artifact(path, MODEL_FILES[path.suffix.lower()], signature, name)
@@ -167,12 +187,13 @@ def _file_artifact(
     return Artifact(name or path.stem, kind, adopt_names(own, signature), path=path)
 
 
-def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module | Path:
+    """The module ``reference`` names or makes, or the path it names or returns."""
     target = import_reference(reference, SourceError)
-    if isinstance(target, torch.nn.Module):
+    if isinstance(target, torch.nn.Module | str | os.PathLike):
         if kwargs:
-            raise SourceError(f"'{reference}' is a module instance; it takes no kwargs")
-        return target
+            raise SourceError(f"'{reference}' is not a factory; it takes no kwargs")
+        return target if isinstance(target, torch.nn.Module) else Path(target)
     if not callable(target):
         raise SourceError(f"'{reference}' is a {type(target).__name__}, not a factory or module")
     try:
@@ -182,6 +203,8 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module:
             f"calling '{reference}' with kwargs {kwargs} failed: {type(error).__name__}: "
             f"{error}; fix the kwargs (recipe: model: kwargs:, CLI: --kwargs)"
         ) from error
+    if isinstance(module, str | os.PathLike):
+        return Path(module)
     if not isinstance(module, torch.nn.Module):
         raise SourceError(
             f"factory '{reference}' returned a {type(module).__name__}, not a torch.nn.Module"

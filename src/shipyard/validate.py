@@ -4,9 +4,11 @@
 same inputs and reports, per output: max/mean absolute error, max relative error, cosine
 similarity, NaN/Inf counts, and for classifier outputs the agreement of the two: top-1, top-5
 (the reference's top-1 among the candidate's five best) and top-1 on the samples where the
-reference is confident; with labels, the accuracy of both and the drop (``task: binary``: AUC
-and log-loss, see ``binary_metrics``; ``task: detection``: frame-level precision, recall and F1,
-see ``detection_metrics``). Gates turn those numbers into pass/fail.
+reference is confident; for outputs of rows (``[N, ...]`` floats) the cosine of each sample,
+its minimum and mean; with labels, the accuracy of both and the drop (``task: binary``: AUC
+and log-loss, see ``binary_metrics``; ``task: detection``: frame-level precision, recall and
+F1, see ``detection_metrics``; ``task: embedding``: the semantic ranking check, see
+``embedding_metrics``). Gates turn those numbers into pass/fail.
 
 A stateful model (``sequence``: the recipe's ``serve: sequence:``) is validated as it is
 served: the data's rows are chunks, each sequence's in order with its state carried
@@ -27,6 +29,7 @@ from shipyard.artifact import Artifact
 from shipyard.binary_metrics import binary_scores
 from shipyard.data import Dataset
 from shipyard.detection_metrics import detection_scores
+from shipyard.embedding_metrics import ranking, sample_cosines
 from shipyard.errors import ComparisonError, DataError, InputError
 from shipyard.gates import GateResult, Gates, gate_results
 from shipyard.processing.labels import softmax
@@ -59,6 +62,9 @@ class OutputComparison:
     top5_agreement: float | None = None
     confident_top1_agreement: float | None = None
     confident_samples: int | None = None
+    # Outputs of rows ([N, ...] floats): the cosine of each sample with the reference's row.
+    sample_cosine_min: float | None = None
+    sample_cosine_mean: float | None = None
 
 
 @dataclass
@@ -99,6 +105,13 @@ class ValidationReport:
     recall_candidate: float | None = None
     f1_reference: float | None = None
     f1_candidate: float | None = None
+    # task: embedding, with labels as groups of similar samples (embedding_metrics.ranking):
+    # the share of (anchor, similar, unrelated) triplets ordered as the reference orders them,
+    # and the share each model orders as the labels say.
+    ranking_triplets: int | None = None
+    ranking_agreement: float | None = None
+    ranking_reference: float | None = None
+    ranking_candidate: float | None = None
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -144,8 +157,11 @@ def compare_output(
     *,
     reference: str = "the reference",
     candidate: str = "the candidate",
+    classes: bool = True,
 ) -> OutputComparison:
     """Statistics of one output pair; non-finite elements are counted, not averaged.
+    ``classes``: a ``[N, classes]`` float output may be a classifier's (top-1 agreement...);
+    false for embeddings, whose largest element means nothing.
 
     ``reference``/``candidate`` name the two sides in the error raised when the shapes differ
     (ComparisonError: the candidate does not compute this output).
@@ -166,9 +182,16 @@ def compare_output(
     cosine = float(rf @ cf / denominator) if denominator > 0 else float(np.array_equal(rf, cf))
     top1 = None
     agreement: dict[str, Any] = {}
-    if _is_classifier_output(ref):
+    if classes and _is_classifier_output(ref):
         top1 = float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1)))
         agreement = _agreement(ref, cand)
+    per_sample: dict[str, Any] = {}
+    if ref.ndim >= 2 and ref.dtype.kind == "f" and len(ref):
+        cosines = sample_cosines(np.where(finite, r, 0.0), np.where(finite, c, 0.0))
+        per_sample = {
+            "sample_cosine_min": float(cosines.min()),
+            "sample_cosine_mean": float(cosines.mean()),
+        }
     violations = None
     if gates.atol is not None or gates.rtol is not None:
         limit = (gates.atol or 0.0) + (gates.rtol or 0.0) * np.abs(r[finite])
@@ -185,6 +208,7 @@ def compare_output(
         nonfinite_candidate=int(np.count_nonzero(~np.isfinite(c))),
         violations=violations,
         **agreement,
+        **per_sample,
     )
 
 
@@ -341,6 +365,8 @@ def run_alone(
     if data.labels is not None:
         _check_labels(data.labels, len(first))
         _task_metrics(report, "candidate", first, data.labels, task)
+        if task == "embedding":
+            report.ranking_candidate = ranking(first, first, data.labels).candidate
     return report
 
 
@@ -389,6 +415,7 @@ def build_report(
             gates,
             reference=reference,
             candidate=candidate,
+            classes=task != "embedding",
         )
         for name, cand_name in zip(ref_out, cand_out, strict=True)
     ]
@@ -397,7 +424,12 @@ def build_report(
         _check_labels(labels, samples)
     report = ValidationReport(reference, candidate, samples, outputs)
     if labels is not None:
-        _task_metrics(report, "reference", next(iter(ref_out.values())), labels, task)
-        _task_metrics(report, "candidate", next(iter(cand_out.values())), labels, task)
+        first_ref, first_cand = next(iter(ref_out.values())), next(iter(cand_out.values()))
+        _task_metrics(report, "reference", first_ref, labels, task)
+        _task_metrics(report, "candidate", first_cand, labels, task)
+        if task == "embedding":
+            check = ranking(first_ref, first_cand, labels)
+            report.ranking_triplets, report.ranking_agreement = check.triplets, check.agreement
+            report.ranking_reference, report.ranking_candidate = check.reference, check.candidate
     report.gates = gate_results(report, gates)
     return report

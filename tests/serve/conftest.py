@@ -171,13 +171,67 @@ def repository(packages: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="session")
-def server(repository: Path) -> Iterator[Server]:
+def process_server(repository: Path) -> Iterator[Server]:
     """One server over the shared repository, for tests that do not change it."""
     with serving(repository) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def server(process_server: Server) -> Server:
+    """The single-process server over the shared repository (see ``on_each_engine``)."""
+    return process_server
 
 
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as http:
         yield http
+
+
+# -- the Ray engine ---------------------------------------------------------------------------
+ENGINES = ["process", pytest.param("ray", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="session")
+def ray_repository(
+    repository: Path, packages: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The shared repository plus "twin" (tiny v1 with two replicas), for the Ray engine."""
+    root = tmp_path_factory.mktemp("ray-repository")
+    for model in repository.iterdir():
+        shutil.copytree(model, root / model.name)
+    add_version(packages, root, "twin", 1, source=("tiny", 1), serving={"replicas": 2})
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_server(ray_repository: Path) -> Iterator[Any]:
+    """The Ray engine over ``ray_repository`` on a local cluster, stopped (every process it
+    started gone) at the end of the session."""
+    pytest.importorskip("ray.serve", reason="the Ray engine needs the 'ray' extra")
+    from shipyard.serve.ray import RayServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Logical CPUs: six replicas of one CPU each share this machine's cores, and a Ray Data
+    # run of tests/test_predict.py (which reuses this connection) needs some beside them.
+    engine = RayServer(ray_repository, port=port, num_cpus=16)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        assert engine.stop() == [], "Ray processes outlived the shutdown"
+
+
+def on_each_engine() -> Any:
+    """A ``server`` fixture for one test module: its tests (and ``client``) run against the
+    single-process server and against the Ray engine (``[ray]``, marked slow). Use as
+    ``server = on_each_engine()`` in the module."""
+
+    @pytest.fixture(scope="session", params=ENGINES, name="server")
+    def server(request: pytest.FixtureRequest) -> Any:
+        return request.getfixturevalue(f"{request.param}_server")
+
+    return server

@@ -10,11 +10,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Server, serving
+from tests.serve.conftest import Server, on_each_engine, serving
 
 X = np.zeros((1, 1, 8, 8), dtype=np.float32)
 GOOD = {"name": "x", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": X.ravel().tolist()}
 ROWS = {"name": "x", "datatype": "FP32"}  # the "rows" model: [batch, seq] of any length
+
+# Every test here runs against the single-process server and the Ray engine ([ray]).
+server = on_each_engine()
 
 
 def _binary(size: int, payload: bytes, header_length: int | None = None, name: str = "x") -> dict:

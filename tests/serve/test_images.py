@@ -158,7 +158,10 @@ def test_bytes_to_a_model_without_preprocessing_is_400(server: Server) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         answer = client.post("/v2/models/tiny/infer", json=body)
     assert answer.status_code == 400
-    assert "BYTES inputs (encoded images) are taken only by a model whose package" in answer.text
+    assert (
+        "BYTES inputs (texts or encoded images) are taken only by a model whose package"
+        in answer.text
+    )
     port = server.app.server.grpc_port
     grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
     tensor = triton_grpc.InferInput("x", [1], "BYTES")

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.serve.conftest import Server, metric, reference
+from tests.serve.conftest import Server, metric, on_each_engine, reference
 
 RNG = np.random.default_rng(0)
+
+# Every test here runs against the single-process server and the Ray engine ([ray]).
+server = on_each_engine()
 
 
 def _images(batch: int) -> np.ndarray:

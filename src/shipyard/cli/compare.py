@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 
@@ -23,11 +23,15 @@ from shipyard.cli.options import (
     Top1Opt,
     load_artifacts,
     package_data,
+    package_preprocess,
     package_sequence,
     package_task,
     signature_from,
 )
 from shipyard.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @app.command()
@@ -56,10 +60,18 @@ def validate(
     max_f1_drop: Annotated[
         float | None, typer.Option(help="Gate: max frame F1 drop (task detection, needs labels).")
     ] = None,
+    min_sample_cosine: Annotated[
+        float | None, typer.Option(help="Gate: every sample's cosine (outputs of rows).")
+    ] = None,
+    min_ranking_agreement: Annotated[
+        float | None,
+        typer.Option(help="Gate: triplets ordered as the reference (task embedding, labels)."),
+    ] = None,
     task: Annotated[
         str | None,
         typer.Option(
-            help="classification, binary, detection or other; default: the recipe's or package's."
+            help="classification, binary, detection, embedding or other; default: the recipe's"
+            " or package's."
         ),
     ] = None,
     samples: SamplesOpt = None,
@@ -91,12 +103,17 @@ def validate(
         max_accuracy_drop=max_accuracy_drop,
         max_auc_drop=max_auc_drop,
         max_f1_drop=max_f1_drop,
+        min_sample_cosine=min_sample_cosine,
+        min_ranking_agreement=min_ranking_agreement,
     )
     loaded = load_artifacts(specs, signature_from(input, recipe), weights, kwargs)
     ref, cand = loaded[0], loaded[-1]
     data = data or package_data(specs)
     signature = ref.signature if sequence is None else Stepper(ref.signature, sequence).client
-    dataset = load_data(data, signature) if data else None
+    processing = package_preprocess(specs)
+    if recipe is not None and loaded_recipe.preprocess is not None:
+        processing = loaded_recipe.preprocess.resolved(loaded_recipe.base_dir)
+    dataset = load_data(data, signature, preprocess=processing) if data else None
     report = run_validate(ref, cand, dataset, gates, samples=samples, task=task, sequence=sequence)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -137,7 +154,8 @@ def compare(
     if bisect:
         if len(loaded) != 2:
             raise InputError(f"--bisect compares exactly two ONNX files, got {len(loaded)}")
-        dataset = load_data(data, loaded[0].signature) if data else None
+        processing = package_preprocess(artifacts)
+        dataset = load_data(data, loaded[0].signature, preprocess=processing) if data else None
         feeds = dataset.take(samples or 8).inputs if dataset else None
         result = run_bisect(
             loaded[0],
@@ -160,7 +178,8 @@ def compare(
             raise typer.Exit(1)
         return
     data = data or package_data(artifacts)
-    dataset = load_data(data, loaded[0].signature) if data else None
+    processing = package_preprocess(artifacts)
+    dataset = load_data(data, loaded[0].signature, preprocess=processing) if data else None
     task = package_task(artifacts) or "classification"
     reports = run_compare(loaded, dataset, gates, samples=samples, task=task)
     if as_json:
@@ -190,9 +209,24 @@ def bench(
     max_seconds: Annotated[float | None, typer.Option(help="Time cap per batch size.")] = None,
     input: InputOpt = None,
     recipe: Annotated[Path | None, typer.Option(help="Take the signature from a recipe.")] = None,
+    end_to_end: Annotated[
+        bool,
+        typer.Option(
+            "--end-to-end",
+            help="Time from encoded images to outputs: the package's pre-processing included.",
+        ),
+    ] = False,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="The image --end-to-end decodes (default: a synthetic 640x480 JPEG)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure artifacts side by side, interleaved, in one process."""
+    """Measure artifacts side by side, interleaved, in one process.
+
+    With --end-to-end every timed call decodes, resizes and normalises the images as the
+    package's preprocess section says, then runs the model: what a served request costs.
+    """
     from rich.progress import Progress
 
     from shipyard.bench import bench as run_bench
@@ -203,6 +237,9 @@ def bench(
     except ValueError as error:
         raise InputError(f"--batch-sizes {batch_sizes!r}: expected integers like 1,8") from error
     loaded = load_artifacts(artifacts, signature_from(input, recipe))
+    if image is not None and not end_to_end:
+        raise InputError("--image is the picture --end-to-end decodes: add --end-to-end")
+    raw = end_to_end_inputs(artifacts, loaded, image) if end_to_end else {}
     quiet = as_json or not console.is_terminal
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("benchmarking", total=None)
@@ -220,8 +257,74 @@ def bench(
             warmup=warmup,
             max_seconds=max_seconds,
             on_progress=on_progress,
+            **raw,
         )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         console.print(render.bench(report))
+
+
+def end_to_end_inputs(specs: list[str], loaded: list[Any], image: Path | None) -> dict[str, Any]:
+    """``bench``'s ``inputs=`` and ``prepare=`` for --end-to-end: N copies of one encoded
+    image, pre-processed as the (first) package's manifest says on every timed call."""
+    from shipyard.package import is_package, load_package
+    from shipyard.serve.images import EncodedImages
+
+    folders = [Path(s.rpartition("=")[2]) for s in specs]
+    packages = [f for f in folders if f.is_dir() and is_package(f)]
+    encoded = None
+    for folder in packages:
+        package = load_package(folder)
+        encoded = EncodedImages.from_manifest(package.manifest, package.signature)
+        if encoded is not None:
+            break
+    if encoded is None:
+        raise InputError(
+            "--end-to-end needs a package whose recipe has a preprocess: image section "
+            "(build one with shipyard build); the files given have none"
+        )
+    if image is not None:
+        try:
+            data = image.read_bytes()
+        except OSError as error:
+            raise InputError(f"--image {image}: cannot read it ({error.strerror})") from None
+    else:
+        data = synthetic_jpeg()
+    signature = loaded[0].signature
+    images = encoded
+
+    import numpy as np
+
+    from shipyard.serve.errors import BadRequest
+
+    def inputs(batch: int) -> dict[str, np.ndarray]:
+        return {images.input: np.array([data] * batch, dtype=object)}
+
+    def prepare(raw: Any) -> dict[str, np.ndarray]:
+        feeds = images.convert(raw)
+        return {name: feeds[name] for name in signature.input_names}
+
+    try:
+        prepare(inputs(1))  # a picture that cannot be used fails here, before any timing
+    except BadRequest as error:
+        raise InputError(f"--image {image or 'synthetic'}: {error}") from None
+    what = f"{image.name}" if image is not None else "a 640x480 JPEG"
+    timed = f"decode {what} + pre-process + Session.run"
+    return {"inputs": inputs, "prepare": prepare, "timed": timed}
+
+
+def synthetic_jpeg(width: int = 640, height: int = 480) -> bytes:
+    """A camera-sized JPEG with smooth gradients and noise (quality 90), made here."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1)
+    noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

@@ -254,3 +254,19 @@ def package_data(specs: list[str]) -> str | None:
         if isinstance(data, str) and (is_reference(data) or Path(data).is_file()):
             return data
     return None
+
+
+def package_preprocess(specs: list[str]) -> Any:
+    """The pre-processing of the first package among ``specs`` that has some (its tokenizer
+    found in the package), so that ``--data`` texts become the tokens its server makes."""
+    from shipyard.package import is_package, load_package
+    from shipyard.processing import Preprocess
+
+    for spec in specs:
+        path = Path(split_label(spec)[1])
+        if not (path.is_dir() and is_package(path)):
+            continue
+        entry = load_package(path, verify=False).manifest.get("preprocess")
+        if entry:
+            return Preprocess.model_validate(entry).resolved(path)
+    return None

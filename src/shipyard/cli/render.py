@@ -7,7 +7,7 @@ second line instead of ending them with an ellipsis.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -17,11 +17,8 @@ from rich.text import Text
 from shipyard.bench import BenchReport
 from shipyard.validate import CONFIDENT, ValidationReport
 
-if TYPE_CHECKING:  # the web stack loads only when a server runs
-    from shipyard.serve.app import Startup
 
-
-def _table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
+def named_table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
     """A table whose ``left`` columns hold names: left-aligned, folded, never truncated."""
     table = Table(title=title)
     for column in columns:
@@ -78,7 +75,7 @@ def validation(report: ValidationReport) -> Group:
     """The parity table of one candidate, its accuracy line and every gate's verdict."""
     if not report.parity:
         return _run_alone(report)
-    table = _table(
+    table = named_table(
         f"{report.candidate} vs {report.reference} ({samples(report)})",
         ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agree", "NaN/Inf"),
         left=("output",),
@@ -108,10 +105,33 @@ def validation(report: ValidationReport) -> Group:
         parts.append(Text(_auc_line(report)))
     if report.f1_reference is not None or report.f1_candidate is not None:
         parts.append(Text(_f1_line(report)))
+    parts += [Text(line) for line in embedding_lines(report)]
     for gate in report.gates:
         style = "green" if gate.passed else "bold red"
         parts.append(Text(f"  {gate.describe()}", style=style))
     return Group(*parts)
+
+
+def embedding_lines(report: ValidationReport) -> list[str]:
+    """Per-sample cosine of each output of rows and the ranking check (task: embedding),
+    printed when a gate judges them or the report has a ranking, so others print as before."""
+    judged = {g.gate for g in report.gates} & {"min_sample_cosine", "min_mean_cosine"}
+    lines = []
+    if judged or report.ranking_agreement is not None:
+        lines += [
+            f"per-sample cosine [{out.name}]: min {out.sample_cosine_min:.6f}, mean "
+            f"{out.sample_cosine_mean:.6f}"
+            for out in report.outputs
+            if out.sample_cosine_min is not None and out.sample_cosine_mean is not None
+        ]
+    if report.ranking_agreement is not None:
+        lines.append(
+            f"ranking: {report.candidate} orders {report.ranking_agreement:.2%} of "
+            f"{report.ranking_triplets:,} (anchor, similar, unrelated) triplets as "
+            f"{report.reference} does; as labelled: {report.reference} "
+            f"{report.ranking_reference:.2%}, {report.candidate} {report.ranking_candidate:.2%}"
+        )
+    return lines
 
 
 def _auc_line(report: ValidationReport) -> str:
@@ -150,7 +170,9 @@ def _f1_line(report: ValidationReport) -> str:
 def _run_alone(report: ValidationReport) -> Group:
     """A model that is its own reference: what one run on the data returned, its accuracy."""
     given = f"{report.samples} random inputs" if report.random_inputs else samples(report)
-    table = _table(f"{report.candidate} on {given}", ("output", "shape", "NaN/Inf"), ("output",))
+    table = named_table(
+        f"{report.candidate} on {given}", ("output", "shape", "NaN/Inf"), ("output",)
+    )
     for out in report.ran:
         table.add_row(escape(out.name), str(out.shape), str(out.nonfinite))
     note = "the model file itself: run once, with no reference to compare it with"
@@ -166,7 +188,7 @@ def _run_alone(report: ValidationReport) -> Group:
 
 def comparison(reports: Sequence[ValidationReport], title: str) -> Group:
     """One row per candidate and output against the reference, then each failed gate."""
-    table = _table(
+    table = named_table(
         title,
         (
             "candidate",
@@ -216,7 +238,7 @@ def comparison(reports: Sequence[ValidationReport], title: str) -> Group:
 def bisect(result: Any) -> Group:
     """The run-up to the first tensor where two ONNX graphs part ways."""
     first = result.first_divergence
-    table = _table(
+    table = named_table(
         f"intermediate tensors ({len(result.compared)} compared, {result.skipped} not shared)",
         ("tensor", "node", "op", "max abs", "cosine", ""),
         left=("tensor", "node", "op"),
@@ -244,7 +266,7 @@ def bisect(result: Any) -> Group:
 
 def candidates(rows: list[dict[str, Any]], batch: str) -> Table:
     """The optimization search's candidate table (latency at the objective's batch size)."""
-    table = _table(
+    table = named_table(
         f"candidates (latency at batch {batch}, ms)",
         ("candidate", "MB", "p50", "p99", "accuracy", "drop", "gates", "Pareto"),
         left=("candidate",),
@@ -276,39 +298,6 @@ def candidates(rows: list[dict[str, Any]], batch: str) -> Table:
     return table
 
 
-def serving(startup: Startup, addresses: str) -> RenderableType:
-    """``shipyard serve``'s startup table: every version a load looked at, the artifact that
-    serves it and why, its backend, batching and state; ``addresses`` is its caption. One
-    line when no model was found."""
-    if not startup.rows:
-        return Text(f"no model loaded from {startup.layout.describe()}; {addresses}")
-    table = _table(
-        escape(startup.layout.describe()),
-        ("model", "version", "artifact", "why this artifact", "backend", "batching", "state"),
-        left=("model", "artifact", "why this artifact", "backend", "batching", "state"),
-    )
-    for row in startup.rows:
-        served = row.served
-        if served is None:
-            state = f"[bold red]{row.state.value}[/]: {escape(row.reason)}"
-            table.add_row(escape(row.model), str(row.version), "—", "—", "—", "—", state)
-            continue
-        rows, delay = served.batcher.max_batch_size, served.config.max_queue_delay_ms
-        batching = f"up to {rows} rows, {delay:g} ms delay" if rows else "off"
-        table.add_row(
-            escape(row.model),
-            str(row.version),
-            f"{escape(served.artifact.name)} ({escape(served.artifact_file)})",
-            escape(served.artifact_reason),
-            served.backend,
-            batching,
-            f"[green]{row.state.value}[/]"
-            + (f", signed by {escape(served.signed_by)}" if served.signed_by else ""),
-        )
-    table.caption = escape(addresses)
-    return table
-
-
 def _ms(value: float) -> str:
     """Short fixed precision for narrow tables: 0.057, 1.21, 12.3, 528."""
     digits = 3 if value < 1 else 2 if value < 10 else 1 if value < 100 else 0
@@ -323,8 +312,8 @@ def bench(report: BenchReport, baseline: str | None = None) -> Group:
     The caption holds the conditions (hardware, threads, load average).
     """
     base = baseline or report.results[0].name
-    latency = _table(
-        f"latency per Session.run in ms; × {base} = {base} p50 / p50 (>1: faster)",
+    latency = named_table(
+        f"latency per {report.timed} in ms; × {base} = {base} p50 / p50 (>1: faster)",
         ("artifact", "batch", "p50", "p90", "p99", "min–max", "samples/s", f"× {base}"),
         left=("artifact",),
     )
@@ -343,7 +332,7 @@ def bench(report: BenchReport, baseline: str | None = None) -> Group:
                 f"{ratios[result.name]:.2f}×",
             )
         latency.add_section()
-    setup = _table(
+    setup = named_table(
         None,
         ("artifact", "backend", "threads", "file MB", "load RSS MB"),
         left=("artifact", "backend"),
@@ -390,3 +379,30 @@ def search_outcome(search: dict[str, Any]) -> str:
             f"{escape(search['chosen'])} (the closest) was packaged"
         )
     return "\n".join(lines)
+
+
+def examples(entry: dict[str, Any]) -> Table:
+    """The manifest's ``examples``: each named input's top-1 class per artifact, with its
+    probability; a class that differs from the first artifact's (the reference) in yellow,
+    and how many agree with it in the caption."""
+    names: list[str] = entry.get("names") or []
+    predictions: dict[str, list[list[dict[str, Any]]]] = entry.get("predictions") or {}
+    artifacts = list(predictions)
+    table = named_table("top-1 class of each example", ("example", *artifacts), left=("example",))
+    for column in table.columns[1:]:
+        column.justify, column.no_wrap, column.overflow = "left", False, "fold"
+    agree = dict.fromkeys(artifacts, 0)
+    for row, name in enumerate(names):
+        reference = predictions[artifacts[0]][row][0]["label"] if artifacts else None
+        cells: list[RenderableType] = [Text(name)]
+        for artifact in artifacts:
+            best = predictions[artifact][row][0]
+            same = best["label"] == reference
+            agree[artifact] += same
+            text = f"{best['label']} {best['probability']:.2f}"
+            cells.append(Text(text, style="" if same else "yellow"))
+        table.add_row(*cells)
+    if artifacts:
+        counts = ", ".join(f"{a} {agree[a]}/{len(names)}" for a in artifacts[1:])
+        table.caption = f"same top-1 as {artifacts[0]}: {counts}" if counts else None
+    return table

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from shipyard.cli import engine as ray_engine
 from shipyard.cli.app import app, console
 from shipyard.cli.options import (
     InstancesOpt,
@@ -27,13 +29,13 @@ if TYPE_CHECKING:  # the web stack loads only when the server runs
 @app.command()
 def serve(
     path: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="A model repository (<model>/<version>/shipyard.json), one model folder "
             "(<version>/shipyard.json), one package folder (shipyard.json), or one model "
             "file (.onnx, .tflite, OpenVINO .xml); all but a repository are served alone.",
         ),
-    ],
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Interface to bind (loopback by default).")
     ] = "127.0.0.1",
@@ -98,6 +100,13 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(help="Connections served at once; new requests get 503 beyond.")
     ] = 2048,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the port, each with its own sessions and batchers "
+            "(one process and its GIL use about one core)."
+        ),
+    ] = 1,
     name: NameOpt = None,
     max_batch_size: MaxBatchOpt = None,
     max_queue_delay_ms: QueueDelayOpt = None,
@@ -112,14 +121,32 @@ def serve(
             "refused, with the reason in /v2/repository/index (env SHIPYARD_VERIFY_KEY).",
         ),
     ] = None,
+    engine: ray_engine.EngineOpt = "process",
+    replicas: ray_engine.ReplicasOpt = None,
+    autoscale: ray_engine.AutoscaleOpt = None,
+    replica_cpus: ray_engine.ReplicaCpusOpt = None,
+    ray_address: ray_engine.AddressOpt = None,
+    ray_ingress: ray_engine.IngressOpt = "haproxy",
+    model_name: ray_engine.ModelNameOpt = None,
+    model_dir: ray_engine.ModelDirOpt = None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe / Triton HTTP, gRPC).
 
     A model file is packaged into a temporary folder first (removed on exit), as
     shipyard package would; --name and the serving options apply to a model file only.
+    With --engine ray each model becomes a Ray Serve deployment (replicas, autoscaling, a
+    cluster with --address), answering the same protocol.
     """
     from shipyard.serve import run_server
+    from shipyard.serve.layout import find_layout, served_as
     from shipyard.serve.tls import Tls
+
+    path = ray_engine.served_path(path, model_dir)
+    ray_only = {"--replicas": replicas is not None, "--autoscale": autoscale is not None}
+    ray_only |= {"--replica-cpus": replica_cpus is not None, "--address": bool(ray_address)}
+    process_only = {"--grpc-port": grpc_port is not None, "--tls-cert": tls_cert is not None}
+    process_only |= {"--workers": workers != 1, "--verify-key": verify_key is not None}
+    ray_engine.check_engine(engine, ray_only, process_only)
 
     if (tls_cert is None) != (tls_key is None):
         raise InputError("--tls-cert and --tls-key go together: give both, or neither")
@@ -142,18 +169,24 @@ def serve(
     bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     address = f"{'https' if tls else 'http'}://{bracketed}:{port}"
 
-    def show(startup: Startup) -> None:
-        from shipyard.cli import render
-
-        grpc = ""
-        if startup.grpc_port is not None:
-            grpc = f", gRPC{' (TLS)' if tls else ''} {bracketed}:{startup.grpc_port}"
-        console.print(render.serving(startup, f"serving on {address}{grpc}"))
+    if workers < 1:
+        raise InputError(f"--workers {workers}: give 1 or more worker processes")
+    extra = f" by {workers} worker processes" if workers > 1 else ""
+    show = partial(show_startup, address + extra, bracketed, tls is not None)
 
     def run(served: Path) -> None:
+        target = served_as(find_layout(served), model_name) if model_name else served
+        if engine == "ray":
+            options: dict[str, Any] = {"replicas": replicas, "autoscale": autoscale}
+            options["address"] = ray_address
+            options |= {"replica_cpus": replica_cpus, "ingress": ray_ingress}
+            options |= {"auth_token": token, "admin_token": admin_token, "watch_seconds": watch}
+            options |= {"max_body_bytes": int(max_body_mb * 2**20), "body_timeout": body_timeout}
+            ray_engine.serve_on_ray(target, host, port, options)
+            return
         # Tokens come from the environment by default: command lines are visible to local users.
         run_server(
-            served,
+            target,
             host,
             port,
             auth_token=token,
@@ -169,6 +202,7 @@ def serve(
             body_timeout=body_timeout,
             max_connections=max_connections,
             verify_key=verify_key,
+            workers=workers,
         )
 
     if not _is_model_file(path):
@@ -176,6 +210,16 @@ def serve(
         return
     with tempfile.TemporaryDirectory(prefix="shipyard-serve-") as temporary:
         run(_package_for_serving(path, Path(temporary), name, serving))
+
+
+def show_startup(address: str, host: str, tls: bool, startup: Startup) -> None:
+    """The startup table (module level: a worker process receives it pickled)."""
+    from shipyard.cli import render_serving
+
+    grpc = ""
+    if startup.grpc_port is not None:
+        grpc = f", gRPC{' (TLS)' if tls else ''} {host}:{startup.grpc_port}"
+    console.print(render_serving.serving(startup, f"serving on {address}{grpc}"))
 
 
 def _is_model_file(path: Path) -> bool:
@@ -240,6 +284,11 @@ def inspect(
         console.print(f"  input  {spec.describe()}", highlight=False, markup=False)
     for spec in signature.outputs:
         console.print(f"  output {spec.describe()}", highlight=False, markup=False)
+    shown = package.manifest.get("examples") if path.is_dir() else None
+    if shown and shown.get("predictions"):
+        from shipyard.cli import render
+
+        console.print(render.examples(shown))
 
 
 @app.command()

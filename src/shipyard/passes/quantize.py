@@ -13,7 +13,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-import re
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -53,9 +56,15 @@ _X86 = {"sse4_2", "avx", "avx2", "avx512f"}
 # Ops that compute in integers themselves (QOperator format, dynamic quantization).
 _INTEGER_OPS = ("QLinear", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 _CONVERSION_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-# When symbolic shape inference fails, ORT 1.32 saves its model into the *current folder*,
-# with the weights beside it under a uuid name (90 MB for MiniLM).
-_STRAY = re.compile(r"sym_shape_infer_temp\.onnx|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.data")
+# quant_pre_process runs in a child process whose current folder is a temporary one: when
+# symbolic shape inference fails, ORT 1.32 saves its model into the *current folder*, weights
+# beside it under a uuid name (90 MB for MiniLM), and leaves them there. The child's folder
+# is removed with everything in it, whatever happens; the child costs ~0.3 s of CPU.
+_PRE_PROCESS = (
+    "import sys\n"
+    "from onnxruntime.quantization.shape_inference import quant_pre_process\n"
+    "quant_pre_process(sys.argv[1], sys.argv[2])\n"
+)
 
 
 class _DatasetReader(ortq.CalibrationDataReader):
@@ -94,22 +103,20 @@ def _decide_reduce_range(config: QuantizeConfig) -> tuple[bool, str]:
 
 
 def _preprocess(source: Path, workdir: Path) -> tuple[Path, str]:
-    """``quant_pre_process`` into ``workdir``; on failure warn and go on with ``source``."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    target, cwd = workdir / "preprocessed.onnx", Path.cwd()
-    before = set(cwd.iterdir())
-    try:
-        with quiet(log, "onnxruntime", root=True, stderr=False):
-            quant_pre_process(str(source), str(target))
-    except Exception as error:  # ORT raises bare Exception ("Incomplete symbolic shape ...")
-        reason = f"{type(error).__name__}: {error}"
+    """``quant_pre_process`` into ``workdir`` (its scratch files too: see ``_PRE_PROCESS``);
+    on failure warn and go on with ``source``."""
+    workdir = workdir.resolve()  # the child runs in another folder
+    target, scratch = workdir / "preprocessed.onnx", workdir / "scratch"
+    scratch.mkdir()
+    environment = {**os.environ, "TMPDIR": str(scratch)}
+    command = [sys.executable, "-c", _PRE_PROCESS, str(source.resolve()), str(target)]
+    done = subprocess.run(command, cwd=scratch, env=environment, capture_output=True, text=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if done.returncode != 0 or not target.is_file():
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
         warnings.warn(f"quant_pre_process failed ({reason}); quantizing without it", stacklevel=3)
         return source, f"failed: {reason}"
-    finally:
-        for stray in set(cwd.iterdir()) - before:
-            if _STRAY.fullmatch(stray.name):
-                stray.unlink(missing_ok=True)
     return target, "ran"
 
 

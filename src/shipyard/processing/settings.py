@@ -1,9 +1,10 @@
 """The recipe's ``preprocess:`` and ``postprocess:`` sections, as the manifest records them.
 
 ``Preprocess`` says how raw inputs become the model's tensors (``image``: decode, resize,
-crop, normalise); ``Postprocess`` how outputs become answers (``labels``: a class-name file,
-copied into the package). Both are checked against the model's signature before any slow
-step, and ``install`` puts their files into a package folder.
+crop, normalise; ``text``: the tokenizer, copied into the package); ``Postprocess`` how
+outputs become answers (``labels``: a class-name file, copied into the package). Both are
+checked against the model's signature before any slow step, and ``install`` puts their files
+into a package folder.
 """
 
 from __future__ import annotations
@@ -18,15 +19,31 @@ from shipyard.errors import DataError
 from shipyard.imports import import_reference, is_reference
 from shipyard.processing.image import ImagePreprocess
 from shipyard.processing.labels import LABELS_FILE, read_labels
+from shipyard.processing.text import TOKENIZER_FILE, TextPreprocess
 from shipyard.signature import Signature, TensorSpec
 
 
 class Preprocess(BaseModel):
-    """``preprocess: {image: {...}}``: how encoded inputs become the model's input tensor."""
+    """``preprocess: {image: {...}}`` or ``{text: {...}}``: how encoded images or texts
+    become the model's input tensors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: ImagePreprocess | None = None
+    text: TextPreprocess | None = None
+
+    def check(self, signature: Signature) -> None:
+        """ValueError naming what does not fit the model's inputs."""
+        self.image_input(signature)
+        if self.text is not None:
+            self.text.fed_inputs(signature)
+
+    def resolved(self, base_dir: Path) -> Preprocess:
+        """These settings with the tokenizer's file found (relative to ``base_dir``, the
+        recipe's or package's folder) and its maximum length known; see ``TextPreprocess``."""
+        if self.text is None:
+            return self
+        return self.model_copy(update={"text": self.text.resolved(base_dir)})
 
     def image_input(self, signature: Signature) -> TensorSpec | None:
         """The input ``image`` feeds; raises ValueError when it cannot take the images."""
@@ -111,6 +128,11 @@ def install(
     entries: dict[str, Any] = {}
     if preprocess is not None:
         entries["preprocess"] = preprocess.model_dump(mode="json", exclude_none=True)
+        if preprocess.text is not None:  # the tokenizer's file, and the length it was given
+            text = preprocess.text.resolved(base_dir)
+            shutil.copyfile(text.tokenizer, folder / TOKENIZER_FILE)
+            packaged = text.model_copy(update={"tokenizer": TOKENIZER_FILE})
+            entries["preprocess"]["text"] = packaged.model_dump(mode="json")
     if postprocess is not None:
         entry = postprocess.model_dump(mode="json", exclude_none=True)
         source = postprocess.labels_path(base_dir)

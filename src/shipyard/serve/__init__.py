@@ -23,10 +23,11 @@ MAX_BODY_BYTES = 64 * 2**20
 
 if TYPE_CHECKING:
     from shipyard.serve.app import Startup, V2App
+    from shipyard.serve.layout import Layout
     from shipyard.serve.tls import Tls
 
 
-def create_app(repository: str | Path, **options: Any) -> V2App:
+def create_app(repository: str | Path | Layout, **options: Any) -> V2App:
     """The V2 server ASGI app; see :func:`shipyard.serve.app.create_app` for ``options``."""
     from shipyard.serve.app import create_app as create
 
@@ -34,7 +35,7 @@ def create_app(repository: str | Path, **options: Any) -> V2App:
 
 
 def run_server(
-    repository: str | Path,
+    repository: str | Path | Layout,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
@@ -53,6 +54,7 @@ def run_server(
     body_timeout: float = 30.0,
     max_connections: int = 2048,
     verify_key: str | Path | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve ``repository`` on ``host:port`` until SIGINT/SIGTERM, then drain and return.
 
@@ -78,7 +80,50 @@ def run_server(
     (see :func:`~shipyard.serve.app.create_app`).
     Raises RepositoryError (one line, saying what to pass or what failed) when ``repository``
     is not a folder, or with ``strict``, before serving anything.
+        ``workers``: serve from this many processes on the one port (each with its own sessions
+    and batchers; see :mod:`shipyard.serve.workers`); ``on_loaded`` must then be picklable.
     """
+    options: dict[str, Any] = dict(
+        repository=repository, host=host, port=port, auth_token=auth_token,
+        admin_token=admin_token, max_body_bytes=max_body_bytes, watch_seconds=watch_seconds,
+        log_level=log_level, access_log=access_log, graceful_timeout=graceful_timeout,
+        grpc_port=grpc_port, strict=strict, on_loaded=on_loaded, tls=tls,
+        header_timeout=header_timeout, body_timeout=body_timeout,
+        max_connections=max_connections, verify_key=verify_key,
+    )  # fmt: skip
+    if workers > 1:
+        from shipyard.serve.workers import run_workers
+
+        run_workers(workers, host, port, serve_one, options)
+        return
+    serve_one(**options)
+
+
+def serve_one(
+    repository: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    auth_token: str | None = None,
+    admin_token: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    watch_seconds: float | None = None,
+    log_level: str = "info",
+    access_log: bool = False,
+    graceful_timeout: int = 30,
+    grpc_port: int | None = None,
+    strict: bool = False,
+    on_loaded: Callable[[Startup], None] | None = None,
+    tls: Tls | None = None,
+    header_timeout: float = 10.0,
+    body_timeout: float = 30.0,
+    max_connections: int = 2048,
+    verify_key: str | Path | None = None,
+    sockets: list[Any] | None = None,
+    link: Any = None,
+) -> None:
+    """One server process (``run_server``'s work, or one worker's, on ``sockets``, following
+    the other workers' repository operations through ``link``)."""
     import uvicorn
 
     from shipyard.serve.guard import http_protocol
@@ -96,6 +141,7 @@ def run_server(
         tls=tls,
         body_timeout=body_timeout,
         verify_key=verify_key,
+        link=link,
     )
 
     class LoadFirst(uvicorn.Server):
@@ -145,7 +191,7 @@ def run_server(
         **(tls.uvicorn_options() if tls is not None else {}),
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while loading, as uvicorn.run does
-        LoadFirst(config).run()
+        LoadFirst(config).run(sockets=sockets)
 
 
-__all__ = ["MAX_BODY_BYTES", "create_app", "run_server"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "run_server", "serve_one"]

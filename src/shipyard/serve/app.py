@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -44,10 +44,13 @@ from shipyard.serve.infer import (
     reply,
     send_reply,
 )
-from shipyard.serve.layout import Layout, find_layout, suggest
+from shipyard.serve.layout import Layout, suggest
 from shipyard.serve.metrics import ServeMetrics
 from shipyard.serve.repository import LoadFailed, Repository, VersionRow, check_name
 from shipyard.serve.tls import Tls
+
+if TYPE_CHECKING:  # several workers only (fcntl, multiprocessing)
+    from shipyard.serve.workers import WorkerLink
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,20 @@ class _Server:
         self.loading: asyncio.Task[None] | None = None
         self.grpc_port: int | None = None  # the bound gRPC port while gRPC serves
         self._loaded = self._serving = False
+
+    link: WorkerLink | None = None  # set when several workers serve (see serve.workers)
+
+    def announce(self, op: str, model: str) -> None:
+        """Tell the other workers about a load or unload this one was asked for."""
+        if self.link is not None:
+            self.link.publish(op, model)
+
+    async def apply(self, op: str, model: str) -> None:
+        """Another worker's load or unload, done here too."""
+        if op == "load":
+            await self.repository.load(model)
+        elif op == "unload":
+            await self.repository.unload(model)
 
     @property
     def draining(self) -> bool:
@@ -248,13 +265,18 @@ class _Server:
         except LoadFailed as error:  # logged as startup and --watch log theirs
             logger.warning("model %s: %s", name, error)
             raise
+        finally:
+            self.announce("load", name)
         return _json({"name": name, "versions": [str(v) for v in versions]})
 
     async def unload(self, request: Request) -> Response:
         self.authorize(request, admin=True)
         name = check_name(request.path_params["model"])
         await self._options(request)
-        await self.repository.unload(name)
+        try:
+            await self.repository.unload(name)
+        finally:
+            self.announce("unload", name)
         return _json({"name": name, "versions": []})
 
 
@@ -279,7 +301,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 def create_app(
-    repository: str | Path,
+    repository: str | Path | Layout,
     *,
     auth_token: str | None = None,
     admin_token: str | None = None,
@@ -291,11 +313,13 @@ def create_app(
     on_loaded: Callable[[Startup], None] | None = None,
     tls: Tls | None = None,
     body_timeout: float = BODY_TIMEOUT,
+    link: WorkerLink | None = None,
     verify_key: str | Path | None = None,
 ) -> V2App:
     """The V2 server (an ASGI app) over ``repository``: a model repository folder, one model
     folder or one package folder (:mod:`shipyard.serve.layout`; a model or package folder is
-    served alone). Raises RepositoryError when it is not a folder, saying what to pass.
+    served alone), or its :class:`Layout`. Raises RepositoryError when it is not a folder,
+    saying what to pass.
 
     ``auth_token``: bearer token for inference, metadata and /metrics (health stays open for
     probes). ``admin_token``: bearer token for the repository endpoints (default:
@@ -323,13 +347,13 @@ def create_app(
         from shipyard.signing import PackageVerifier
 
         verifier = PackageVerifier(verify_key)
-    repo = Repository(find_layout(repository), ServeMetrics(), verifier)
+    repo = Repository(repository, ServeMetrics(), verifier)  # a Layout, or a folder
     dispatcher = Dispatcher(repo, auth_token, admin_token)
     server = _Server(dispatcher, max_body_bytes, strict, on_loaded, body_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        grpc = watcher = None
+        grpc = watcher = follower = None
         loading = server.start_loading()  # run_server with strict has loaded already
         try:
             if strict:
@@ -337,10 +361,15 @@ def create_app(
             if grpc_port is not None:
                 from shipyard.serve.grpc.server import start_grpc_server
 
-                grpc = await start_grpc_server(server, grpc_host, grpc_port, tls)
+                grpc = await start_grpc_server(
+                    server, grpc_host, grpc_port, tls, reuse_port=link is not None
+                )
                 server.grpc_port = grpc.port
             if watch_seconds:
                 watcher = asyncio.create_task(_watch(server.repository, watch_seconds))
+            if link is not None:  # apply the other workers' loads and unloads
+                server.link = link
+                follower = asyncio.create_task(link.follow(server.apply))
             server.mark_serving()
             yield
         finally:
@@ -348,7 +377,7 @@ def create_app(
             server.draining = True
             if grpc is not None:  # in-flight calls finish (within a grace period) first
                 await grpc.stop()
-            for task in (watcher, server.loading):
+            for task in (watcher, follower, server.loading):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -4,11 +4,20 @@ Requests wait in a bounded FIFO queue. The timer starts at the oldest waiting re
 is dispatched as soon as a session instance is free and either ``max_batch_size`` rows are
 waiting, a preferred batch size can be formed, or the oldest request has waited
 ``max_queue_delay_ms``. Inference runs in a thread pool with one worker per instance (ONNX
-Runtime releases the GIL), so the next batch forms while the current one runs.
+Runtime releases the GIL), so the next batch forms while the current one runs. A request that
+finds the queue empty and every instance idle runs on the event loop instead when the model is
+faster than the thread hop (``inline_below_ms``).
 
 Requests may carry several rows (a batch of 3); they are concatenated along axis 0 and the
 outputs are split back by row offsets (views, no copy). Requests whose non-batch dynamic
-dimensions differ (e.g. sequence length) never share a batch.
+dimensions differ (e.g. sequence length) never share a batch, unless the batcher is given
+``padding``: then requests of token ids are padded along axis 1 to the longest of the batch
+(the value each input pads with: the pad id, mask 0), as a tokenizer pads the texts of one
+request, so requests of any length share batches. Only a model whose outputs have no
+sequence axis (a pooled embedding, a classifier's logits) can be padded so, and only with the
+mask that tells it which tokens are padding: the package's tokenizer says both. With texts of
+5 to 60 tokens at concurrency 32 (``benchmarks/serve/text.py``), batching only equal lengths
+formed batches of about one request.
 """
 
 from __future__ import annotations
@@ -65,6 +74,47 @@ def batch_dimension(signature: Signature) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _paddable(
+    signature: Signature, varying: list[str], padding: Mapping[str, int] | None
+) -> dict[str, int]:
+    """``padding`` when it can pad every varying input along axis 1 (its only dynamic axis
+    past the batch) and no output has that axis; else nothing (equal lengths batch)."""
+    if not padding or not varying or any(name not in padding for name in varying):
+        return {}
+    specs = {spec.name: spec for spec in signature.inputs}
+    axes = {tuple(specs[name].dynamic_dims.items())[1:] for name in varying}
+    if len(axes) != 1:
+        return {}
+    (axis,) = axes
+    if len(axis) != 1 or axis[0][0] != 1:
+        return {}
+    dim = axis[0][1]
+    if any(dim in spec.shape for spec in signature.outputs) or not signature.outputs:
+        return {}
+    return {name: padding[name] for name in varying}
+
+
+def _pad_to_longest(
+    parts: list[Mapping[str, np.ndarray]], padding: Mapping[str, int]
+) -> list[Mapping[str, np.ndarray]]:
+    """Each request's inputs in ``padding`` padded along axis 1 to the longest request's."""
+    name = next(iter(padding))
+    longest = max(p[name].shape[1] for p in parts)
+    padded: list[Mapping[str, np.ndarray]] = []
+    for part in parts:
+        short = longest - part[name].shape[1]
+        if not short:
+            padded.append(part)
+            continue
+        grown = dict(part)
+        for input_name, value in padding.items():
+            array = part[input_name]
+            widths = [(0, 0), (0, short)] + [(0, 0)] * (array.ndim - 2)
+            grown[input_name] = np.pad(array, widths, constant_values=value)
+        padded.append(grown)
+    return padded
+
+
 def _expire(future: asyncio.Future[Outputs], seconds: float) -> None:
     if not future.done():
         future.set_exception(
@@ -86,6 +136,7 @@ class Batcher:
         *,
         label: str = "model",
         metrics: VersionMetrics | None = None,
+        padding: Mapping[str, int] | None = None,
     ) -> None:
         if not sessions:
             raise ValueError("a batcher needs at least one session")
@@ -107,6 +158,9 @@ class Batcher:
             for spec in self.signature.inputs
             if any(isinstance(d, str) for d in spec.shape[1:])
         ]
+        self._padding = _paddable(self.signature, self._varying, padding)
+        if self._padding:  # every length may share a batch: padded in _run
+            self._varying = []
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -115,6 +169,11 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(len(sessions), thread_name_prefix=f"infer-{label}")
+        # The inline path: a request meeting an empty queue and idle instances runs on the loop
+        # when recent single runs took less than this; `_single` tracks them (EWMA, seconds).
+        # Not with a queue delay: whoever sets one asks requests to wait for company.
+        self._inline_below = config.inline_below_ms / 1e3 if not self._delay else 0.0
+        self._single = float("inf")
 
     @property
     def depth(self) -> int:
@@ -145,11 +204,20 @@ class Batcher:
                     f"batch dimension of input '{self._names[0]}' is {rows}; {self.label} "
                     f"accepts 1..{self.max_batch_size} rows per request (max_batch_size)"
                 )
+        if (
+            self._single < self._inline_below
+            and not self._queue
+            and self._running == 0
+            and len(self._free) == len(self._sessions)
+        ):
+            return self._inline(feeds, rows)
         key = tuple(feeds[name].shape[1:] for name in self._varying) if self._varying else None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         self._queue.append(_Pending(feeds, rows, key, future, time.perf_counter()))
         self._queued_rows += rows
+        if self._metrics is not None and self._metrics.track_depth:
+            self._metrics.queue_depth.set(len(self._queue))
         self._wake.set()
         limit = timeout if timeout is not None else self._timeout
         timer = loop.call_later(limit, _expire, future, limit) if limit else None
@@ -158,6 +226,22 @@ class Batcher:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _inline(self, feeds: Mapping[str, np.ndarray], rows: int) -> Outputs:
+        """Run one request on the event loop: the model is faster than a thread hop."""
+        session = self._free.pop()
+        started = time.perf_counter()
+        try:
+            outputs = session.run(feeds)
+        finally:
+            self._free.append(session)
+        seconds = time.perf_counter() - started
+        self._single = 0.8 * self._single + 0.2 * seconds
+        if self._metrics is not None:
+            self._metrics.queue_time.observe(0.0)
+            self._metrics.compute_time.observe(seconds)
+            self._metrics.batch_size.observe(rows)
+        return outputs
 
     async def close(self) -> None:
         """Stop accepting requests, finish queued and running ones, close the sessions."""
@@ -256,6 +340,8 @@ class Batcher:
     def _dispatch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         session = self._free.pop()
         self._running += 1
+        if self._metrics is not None and self._metrics.track_depth:
+            self._metrics.queue_depth.set(len(self._queue))
         if self._metrics is not None:
             now = time.perf_counter()
             observe = self._metrics.queue_time.observe
@@ -269,7 +355,10 @@ class Batcher:
         started = time.perf_counter()
         if len(batch) == 1:
             return [session.run(batch[0].feeds)], time.perf_counter() - started
-        feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in self._names}
+        parts = [p.feeds for p in batch]
+        if self._padding:
+            parts = _pad_to_longest(parts, self._padding)
+        feeds = {name: np.concatenate([p[name] for p in parts]) for name in self._names}
         outputs = session.run(feeds)
         total = sum(p.rows for p in batch)
         for name, array in outputs.items():
@@ -301,6 +390,9 @@ class Batcher:
                     pending.future.set_exception(error)
             return
         results, seconds = done.result()
+        if len(batch) == 1:  # what the inline path would cost
+            previous = self._single if self._single != float("inf") else seconds
+            self._single = 0.8 * previous + 0.2 * seconds
         if self._metrics is not None:
             self._metrics.compute_time.observe(seconds)
             self._metrics.batch_size.observe(sum(p.rows for p in batch))

@@ -4,10 +4,11 @@ A request body is JSON, or (binary extension) JSON of ``Inference-Header-Content
 bytes followed by the raw tensors of every input that declares
 ``parameters.binary_data_size``, in input order. Outputs are returned as JSON ``data`` or, when
 asked (``parameters.binary_data_output`` on the request or ``parameters.binary_data`` on an
-output), as raw bytes after the JSON header. BYTES inputs are refused with 400; BYTES
-outputs (the classification extension's) are strings in JSON, length-prefixed when binary.
-The request ``id`` and ``parameters`` (all but the protocol's own, such as ``timeout``) are
-echoed in the response.
+output), as raw bytes after the JSON header. BYTES inputs (texts, encoded images) become
+object arrays of bytes, within ``protocol.check_bytes``'s limits; BYTES outputs (the
+classification extension's) are strings in JSON, length-prefixed when binary. The request
+``id`` and ``parameters`` (all but the protocol's own, such as ``timeout``) are echoed in the
+response, with what dispatch says about the request (``response_parameters``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shipyard.serve.protocol import (
     CONTROL_PARAMETERS,
     DATATYPES,
     as_bytes,
+    check_bytes,
     classification_count,
     datatype_of,
     deserialize_bytes,
@@ -57,6 +59,8 @@ class InferRequest:
     # A raw image body (curl --data-binary @cat.jpg): answer with the top classes of the first
     # output when the package has labels (dispatch decides), else the output as it is.
     default_top_k: int | None = None
+    # What the server says about this request in the response's parameters (texts truncated).
+    response_parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def timeout(self) -> float | None:
@@ -246,6 +250,7 @@ def _bytes_from_json(
     flat = data if isinstance(data, list) else [data]
     if any(isinstance(item, list) for item in flat):
         flat = [v for item in flat for v in (item if isinstance(item, list) else [item])]
+    check_bytes(name, len(flat), 0)
     if not all(isinstance(item, str) for item in flat):
         raise BadRequest(f"input '{name}': BYTES 'data' must hold strings")
     if len(flat) != math.prod(shape):
@@ -260,6 +265,7 @@ def _bytes_from_json(
             out[index] = base64.b64decode(item, validate=True) if encoded else item.encode()
         except (binascii.Error, ValueError):
             raise BadRequest(f"input '{name}': element {index} is not valid base64") from None
+    check_bytes(name, len(flat), sum(len(item) for item in out))
     return out.reshape(shape)
 
 
@@ -423,6 +429,7 @@ def encode_response(
     if request.id is not None:
         response["id"] = request.id
     echoed = {k: v for k, v in request.parameters.items() if k not in CONTROL_PARAMETERS}
+    echoed.update(request.response_parameters)
     if echoed:
         response["parameters"] = echoed
     response["outputs"] = described

@@ -12,7 +12,10 @@ between happens here, once, in this order:
    so a refused or misaddressed request is answered before its body is read),
 4. decoding, in a worker thread when it converts more than ``INLINE_VALUES`` values one by
    one: parsing megabytes of JSON numbers takes milliseconds that would stall every other
-   request on the event loop; raw bytes are never counted (``np.frombuffer`` is free),
+   request on the event loop; raw bytes are never counted (``np.frombuffer`` is free); then
+   BYTES inputs through the package's processing, off the loop: texts tokenized
+   (:mod:`shipyard.serve.text`), encoded images decoded (:mod:`shipyard.serve.images`); a
+   stateful version takes whole clips in its sequence batcher,
 5. batching (a stateful version's sequence batcher with the request's sequence parameters:
    :mod:`shipyard.serve.sequences`); when the version was unloaded or replaced after the lookup
    and the request named no version, once more on the newest one,
@@ -49,6 +52,7 @@ from shipyard.serve.images import EncodedImages, encoded_inputs
 from shipyard.serve.protocol import apply_classification
 from shipyard.serve.repository import Repository
 from shipyard.serve.sequence_control import SequenceControl
+from shipyard.serve.text import ServedText
 from shipyard.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -85,6 +89,11 @@ class DecodedRequest(Protocol):
     @property
     def sequence(self) -> SequenceControl | None:
         """``sequence_id``/``sequence_start``/``sequence_end`` (None: no sequence named)."""
+        ...
+
+    @property
+    def response_parameters(self) -> dict[str, Any]:
+        """What the server says about the request in its response (texts truncated)."""
         ...
 
 
@@ -141,16 +150,22 @@ class Failure(NamedTuple):
     bug: bool  # not one of our errors: the transport logs it with its traceback
 
 
-def _images(served: Any) -> EncodedImages:
-    """The version's encoded-image input; BadRequest when its package has none."""
+async def _processed(served: Any, inputs: dict[str, np.ndarray]) -> tuple[Outputs, dict[str, Any]]:
+    """BYTES inputs as the model's tensors: texts tokenized by the package's tokenizer, or
+    encoded images decoded and pre-processed; with what the response should say about them.
+    BadRequest when the package pre-processes neither."""
+    text: ServedText | None = served.text
+    if text is not None:
+        return await text.convert_async(inputs)
     images: EncodedImages | None = served.images
     if images is None:
         takes = served.signature.describe_inputs()
         raise BadRequest(
-            f"BYTES inputs (encoded images) are taken only by a model whose package "
-            f"pre-processes images (preprocess: image in its recipe); this one takes {takes}"
+            f"BYTES inputs (texts or encoded images) are taken only by a model whose package "
+            f"pre-processes them (preprocess: text or image in its recipe); this one takes "
+            f"{takes}"
         )
-    return images
+    return await images.convert_async(inputs), {}
 
 
 async def _batch(
@@ -252,10 +267,12 @@ class Dispatcher:
             else:
                 decoded = transport.decode(payload, served.signature)
             inputs = decoded.inputs
-            # BYTES: encoded images the package pre-processes, or a 400 (a stateful version
-            # takes whole clips in its sequence batcher)
-            if encoded_inputs(inputs) and served.sequences is None:
-                inputs = await _images(served).convert_async(inputs)
+            if encoded_inputs(inputs):  # BYTES: texts or images the package processes, or a 400
+                if served.sequences is None:  # a stateful version takes whole clips
+                    inputs, said = await _processed(served, inputs)
+                    decoded.response_parameters.update(said)
+            elif served.text is not None:  # token ids sent raw
+                served.text.check_tokens(inputs)
             timeout = decoded.timeout
             if deadline is not None:
                 left = max(deadline - (time.perf_counter() - started), 1e-6)

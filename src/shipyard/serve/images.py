@@ -26,9 +26,10 @@ from shipyard.processing.image import ImagePreprocess, preprocess
 from shipyard.serve.errors import BadRequest
 from shipyard.signature import Signature
 
-# One pool for the process: decoding is CPU work, so more threads than cores only queue.
+# One pool for the process, for images and texts (serve/text.py): decoding and tokenizing are
+# CPU work, so more threads than cores only queue.
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-_POOL = ThreadPoolExecutor(max_workers=_CORES or 2, thread_name_prefix="shipyard-image")
+POOL = ThreadPoolExecutor(max_workers=_CORES or 2, thread_name_prefix="shipyard-processing")
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class EncodedImages:
         images = self._images(inputs)
         loop = asyncio.get_running_loop()
         parts = await asyncio.gather(
-            *(loop.run_in_executor(_POOL, self._one, images, i) for i in range(images.size))
+            *(loop.run_in_executor(POOL, self._one, images, i) for i in range(images.size))
         )
         return {**inputs, self.input: np.concatenate(parts)}
 

@@ -92,6 +92,22 @@ class Layout:
         return f"package {self.path} (model '{self.model}' version {self.version})"
 
 
+def served_as(layout: Layout, name: str) -> Layout:
+    """``layout`` (one model or package folder) served as model ``name``, as a serving
+    runtime names it (KServe passes the InferenceService's name); RepositoryError for a
+    repository, which holds models named by their folders, or for an invalid name."""
+    if layout.kind == "repository":
+        raise RepositoryError(
+            f"--model-name renames one model: {layout.path} is a repository, whose models are "
+            "named by their folders; pass one model folder or package folder"
+        )
+    if not NAME_PATTERN.match(name):
+        raise RepositoryError(
+            f"invalid model name {name[:80]!r}: use letters, digits, '_', '.', '-'"
+        )
+    return Layout(layout.kind, layout.path, name, layout.version)
+
+
 def _holds_versions(folder: Path) -> bool:
     try:
         return any(VERSION_PATTERN.match(c.name) and c.is_dir() for c in folder.iterdir())

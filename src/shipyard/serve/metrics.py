@@ -10,9 +10,15 @@ models are counted with empty labels so that a client cannot grow the label set.
 from __future__ import annotations
 
 import contextlib
+import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+
+# Several worker processes (``shipyard serve --workers N``): prometheus_client keeps every value
+# in files under this folder, and /metrics sums what every worker wrote, so that one scrape of
+# any worker tells the truth about all of them. Read once: the mode is fixed at import.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 # Small models answer in well under a millisecond; ResNet-sized ones in tens to hundreds.
 _LATENCY_BUCKETS = (
@@ -46,6 +52,9 @@ class VersionMetrics:
         self.batch_size = metrics.batch_size.labels(model, version)
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.succeeded = metrics.requests.labels(model, version, "200")
+        # A gauge computed at scrape time (set_function) exists in one process only: with
+        # several workers the batcher sets the depth as it changes instead.
+        self.track_depth = MULTIPROCESS
 
 
 class ServeMetrics:
@@ -93,17 +102,20 @@ class ServeMetrics:
             "Requests waiting in the batching queue",
             labels,
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.inflight = Gauge(
             "shipyard_inflight_requests",
             "Inference requests being handled",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.load_seconds = Gauge(
             "shipyard_model_load_seconds",
             "Seconds the last load of a version took (read, verify, open, smoke test)",
             labels,
             registry=self.registry,
+            multiprocess_mode="max",
         )
 
         self.live_sequences = Gauge(
@@ -128,5 +140,12 @@ class ServeMetrics:
                 gauge.remove(model, str(version))
 
     def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition and its content type."""
+        """The Prometheus text exposition and its content type (every worker's, summed, when
+        several serve)."""
+        if MULTIPROCESS:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

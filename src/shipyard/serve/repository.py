@@ -343,8 +343,12 @@ class Repository:
             live.set_function(lambda: sequences.live)
             batcher = sequences
         else:
-            batcher = Batcher(opened.sessions, opened.config, label=label, metrics=bound)
-        bound.queue_depth.set_function(lambda: batcher.depth)
+            padding = opened.text.padding if opened.text is not None else None
+            batcher = Batcher(
+                opened.sessions, opened.config, label=label, metrics=bound, padding=padding
+            )
+        if not bound.track_depth:  # one process: read at scrape time, free per request
+            bound.queue_depth.set_function(lambda: batcher.depth)
         batcher.start()
         self.metrics.load_seconds.labels(model.name, str(number)).set(opened.seconds)
         model.status[number] = VersionStatus(State.READY)

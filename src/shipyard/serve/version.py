@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shipyard.artifact import Artifact
-from shipyard.errors import ServingConfigError
+from shipyard.errors import DataError, ServingConfigError
 from shipyard.package import MANIFEST, Package, load_package
 from shipyard.runtimes.base import Session, open_session
 from shipyard.serve.batcher import Batcher
@@ -24,6 +24,7 @@ from shipyard.serve.metrics import VersionMetrics
 from shipyard.serve.protocol import datatype_of
 from shipyard.serve.sequences import SequenceBatcher
 from shipyard.serve.speech import SpeechClips
+from shipyard.serve.text import ServedText
 from shipyard.serving import LatestPolicy, ServingConfig, SpecificPolicy
 from shipyard.signature import TensorSpec
 from shipyard.stateful import Stepper
@@ -54,6 +55,7 @@ class OpenedVersion:
     seconds: float
     labels: list[str] | None = None  # class names, one per output index (postprocess: labels)
     images: EncodedImages | None = None  # encoded images its package pre-processes
+    text: ServedText | None = None  # texts its package tokenizes
     signed_by: str | None = None  # who signed it (a key fingerprint), when verified
 
 
@@ -97,6 +99,7 @@ class ModelVersion:
         self.backend = opened.backend
         self.labels = opened.labels
         self.images = opened.images
+        self.text = opened.text
         self.signed_by = opened.signed_by
         self.platform = _PLATFORMS.get(opened.backend, opened.backend)
         self.inputs = [_tensor_metadata(s) for s in self.signature.inputs]
@@ -163,6 +166,11 @@ class ModelVersion:
                 **(
                     {"encoded_input": {"string_value": self.images.describe()}}
                     if self.images is not None
+                    else {}
+                ),
+                **(
+                    {"text_input": {"string_value": self.text.describe()}}
+                    if self.text is not None
                     else {}
                 ),
                 **({"labels": {"string_value": str(len(self.labels))}} if self.labels else {}),
@@ -266,7 +274,10 @@ def open_version(folder: Path, verifier: PackageVerifier | None = None) -> Opene
     labels = read_labels(package)
     try:
         images = EncodedImages.from_manifest(package.manifest, artifact.signature)
-    except ValueError as error:  # pydantic: the manifest's preprocess section
+        text = ServedText.from_manifest(
+            package.manifest, artifact.signature, package.path, config.max_batch_size
+        )
+    except (ValueError, DataError) as error:  # the manifest's preprocess section, its files
         raise ServingConfigError(f"invalid preprocess section: {error}") from error
     seconds = time.perf_counter() - started
     return OpenedVersion(
@@ -280,5 +291,6 @@ def open_version(folder: Path, verifier: PackageVerifier | None = None) -> Opene
         seconds,
         labels=labels,
         images=images,
+        text=text,
         signed_by=signed_by,
     )

@@ -24,6 +24,7 @@ from shipyard.serve.grpc import inference_pb2 as pb
 from shipyard.serve.protocol import (
     CONTROL_PARAMETERS,
     as_bytes,
+    check_bytes,
     classification_count,
     datatype_of,
     deserialize_bytes,
@@ -66,6 +67,8 @@ class DecodedInfer:
     raw: bool  # answer in raw_output_contents
     timeout: float | None  # seconds, from parameters["timeout"] (microseconds)
     classification: dict[str, int] = field(default_factory=dict)  # output name -> top k
+    # What the server says about this request in the response's parameters (texts truncated).
+    response_parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sequence(self) -> SequenceControl | None:
@@ -111,6 +114,8 @@ def _from_contents(
     if field is None:
         raise BadRequest(f"input '{name}': {datatype} tensors travel in raw_input_contents only")
     values: Sequence[Any] = getattr(tensor.contents, field)
+    if dtype.kind == "O":
+        check_bytes(name, len(values), sum(len(value) for value in values))
     expected = math.prod(shape)
     if len(values) != expected:
         given = [f.name for f, _ in tensor.contents.ListFields()]
@@ -192,6 +197,17 @@ def _outputs(
     return names
 
 
+def _set_parameter(target: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
 def _timeout(parameters: Mapping[str, pb.InferParameter]) -> float | None:
     # `in` first: indexing a protobuf map inserts the key.
     return timeout_seconds(parameter(parameters["timeout"]) if "timeout" in parameters else None)
@@ -206,6 +222,8 @@ def encode_response(
     for key, value in request.parameters.items():
         if key not in CONTROL_PARAMETERS:
             response.parameters[key].CopyFrom(value)
+    for key, said in decoded.response_parameters.items():
+        _set_parameter(response.parameters[key], said)
     names = decoded.outputs if decoded.outputs is not None else list(outputs)
     missing = [name for name in names if name not in outputs]
     if missing:

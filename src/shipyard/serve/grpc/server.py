@@ -78,6 +78,8 @@ class ServerState(Protocol):
 
     def not_ready_reason(self) -> str | None: ...
 
+    def announce(self, op: str, model: str) -> None: ...
+
 
 def code_of(status: int) -> grpc.StatusCode:
     """The gRPC status code of an HTTP status (INTERNAL for any other)."""
@@ -249,7 +251,10 @@ class InferenceService:
         config = parameter(parameters["config"]) if "config" in parameters else None
         if config or any(key.startswith("file:") for key in parameters):
             raise BadRequest("loading with an override config or files is not supported")
-        await self.repository.load(name)
+        try:
+            await self.repository.load(name)
+        finally:
+            self.state.announce("load", name)  # the other workers, when several serve
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
@@ -257,7 +262,11 @@ class InferenceService:
         self, request: pb.RepositoryModelUnloadRequest, context: aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         self._authorize(context, admin=True)
-        await self.repository.unload(check_name(request.model_name))
+        name = check_name(request.model_name)
+        try:
+            await self.repository.unload(name)
+        finally:
+            self.state.announce("unload", name)
         return pb.RepositoryModelUnloadResponse()
 
 
@@ -273,7 +282,11 @@ class GrpcServer:
 
 
 async def start_grpc_server(
-    state: ServerState, host: str, port: int, tls: Tls | None = None
+    state: ServerState,
+    host: str,
+    port: int,
+    tls: Tls | None = None,
+    reuse_port: bool = False,
 ) -> GrpcServer:
     """Serve ``state`` over gRPC on ``host:port`` (0: a free port) in the running loop;
     over TLS (mutual with ``tls.client_ca``) when ``tls`` is given.
@@ -286,7 +299,7 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", state.max_body_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)

@@ -1,0 +1,93 @@
+"""`shipyard serve --workers 2`: two processes on one port, each with its own sessions, one
+/metrics that adds them up, repository operations that reach every worker, and a stop that
+leaves no process behind."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from tests.serve.conftest import add_version, metric, wait_for
+from tests.serve.test_command import BODY, _free_port, _serve, _wait_ready
+
+
+@pytest.fixture(scope="module")
+def workers(
+    packages: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, int, psutil.Process]]:
+    root = tmp_path_factory.mktemp("workers")
+    add_version(packages, root, "tiny", 1)
+    port, grpc_port = _free_port(), _free_port()
+    process = _serve(
+        str(root), "--port", str(port), "--grpc-port", str(grpc_port), "--workers", "2"
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, url)
+        yield url, grpc_port, psutil.Process(process.pid)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+
+
+def _fresh(url: str) -> int:
+    """One request on a new connection (so that the kernel may hand it to either worker)."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return client.post("/v2/models/tiny/infer", json=BODY).status_code
+
+
+def test_both_workers_serve_and_metrics_add_up(workers: tuple[str, int, psutil.Process]) -> None:
+    url, _, parent = workers
+    children = parent.children(recursive=True)
+    busy = {p.pid: sum(p.cpu_times()[:2]) for p in children}
+    before = metric(httpx.get(f"{url}/metrics").text, "shipyard_requests_total", status="200")
+    assert all(_fresh(url) == 200 for _ in range(200))
+    after = metric(httpx.get(f"{url}/metrics").text, "shipyard_requests_total", status="200")
+    assert after - before == 200  # one scrape of one worker counts both workers' requests
+    used = [sum(p.cpu_times()[:2]) - busy[p.pid] for p in children if p.is_running()]
+    assert sum(u > 0.05 for u in used) >= 2, used  # at least two processes did the work
+
+
+def test_an_unload_asked_of_one_worker_reaches_every_worker(
+    workers: tuple[str, int, psutil.Process],
+) -> None:
+    url, _, _ = workers
+    assert httpx.post(f"{url}/v2/repository/models/tiny/unload").status_code == 200
+    wait_for(lambda: all(_fresh(url) != 200 for _ in range(20)), timeout=20, what="unloaded")
+    assert httpx.post(f"{url}/v2/repository/models/tiny/load").status_code == 200
+    wait_for(lambda: all(_fresh(url) == 200 for _ in range(20)), timeout=20, what="reloaded")
+
+
+def test_grpc_shares_the_port_too(workers: tuple[str, int, psutil.Process]) -> None:
+    _, grpc_port, _ = workers
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    for _ in range(20):
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        tensor = triton_grpc.InferInput("x", [1, 1, 8, 8], "FP32")
+        tensor.set_data_from_numpy(x)
+        assert client.infer("tiny", [tensor]).as_numpy("logits").shape == (1, 10)
+        client.close()
+
+
+def test_sigterm_stops_every_worker(packages: Path, tmp_path: Path) -> None:
+    add_version(packages, tmp_path, "tiny", 1)
+    port = _free_port()
+    process = _serve(str(tmp_path), "--port", str(port), "--workers", "2")
+    _wait_ready(process, f"http://127.0.0.1:{port}")
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert len(children) >= 2
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+        assert time.monotonic() < deadline, "a worker outlived the server"
+        time.sleep(0.05)
