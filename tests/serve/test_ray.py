@@ -76,6 +76,15 @@ def test_bad_scale_settings_say_what_to_fix(make: Any, message: str) -> None:
         make()
 
 
+def test_a_stateful_model_runs_on_one_replica_only() -> None:
+    sequence = {"state": {"input": "state", "output": "stateN"}}
+    assert deployment_options(ServingConfig(sequence=sequence), Scale())["num_replicas"] == 1
+    with pytest.raises(InputError, match="on 1 replica, not 2"):
+        deployment_options(ServingConfig(sequence=sequence), Scale(replicas=2))
+    with pytest.raises(InputError, match="on 1 replica, not 4"):
+        deployment_options(ServingConfig(sequence=sequence), Scale(autoscale=(1, 4)))
+
+
 def test_the_newest_manifest_decides_how_a_model_scales(packages: Path, tmp_path: Path) -> None:
     add_version(packages, tmp_path, "tiny", 1, serving={"replicas": 5})
     add_version(packages, tmp_path, "tiny", 2, serving={"replicas": 2, "replica_cpus": 0.25})

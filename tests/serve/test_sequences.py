@@ -264,3 +264,33 @@ def test_metadata_shows_what_a_client_sends(server: Server) -> None:
     metadata = client.get_model_metadata("vad")
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 512]}]
     assert [o["name"] for o in metadata["outputs"]] == ["probability", "segments"]
+
+
+def test_worker_processes_refuse_a_stateful_model(package: Path, tmp_path: Path) -> None:
+    """--workers shares the port by connection, so a sequence's chunks could reach a process
+    that never saw its start: each worker refuses the version and says why."""
+    import signal
+
+    from tests.serve.test_command import _free_port, _serve
+
+    root = _repository(package, tmp_path / "repo")
+    port = _free_port()
+    process = _serve(str(root), "--port", str(port), "--workers", "2")
+    url = f"http://127.0.0.1:{port}"
+
+    def index() -> list[dict[str, Any]] | None:
+        if process.poll() is not None:
+            raise AssertionError(f"shipyard serve exited: {process.communicate()[1]}")
+        try:
+            rows = httpx.post(f"{url}/v2/repository/index", json={}, timeout=2).json()
+        except httpx.TransportError:
+            return None
+        return rows if rows and rows[0].get("state") == "UNAVAILABLE" else None
+
+    try:
+        wait_for(index, timeout=120, what="the stateful version to be refused")
+        (row,) = index() or []
+        assert "without --workers" in row["reason"], row
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)

@@ -20,7 +20,7 @@ from shipyard.package import MANIFEST, Package, load_package
 from shipyard.runtimes.base import Session, open_session
 from shipyard.serve.batcher import Batcher
 from shipyard.serve.images import EncodedImages
-from shipyard.serve.metrics import VersionMetrics
+from shipyard.serve.metrics import MULTIPROCESS, VersionMetrics
 from shipyard.serve.protocol import datatype_of
 from shipyard.serve.sequences import SequenceBatcher
 from shipyard.serve.speech import SpeechClips
@@ -251,6 +251,11 @@ def open_version(folder: Path, verifier: PackageVerifier | None = None) -> Opene
     package = load_package(folder, verify=True)
     config = ServingConfig.from_manifest(package.manifest)
     artifact, why = choose_artifact(package, config)
+    if config.sequence is not None and MULTIPROCESS:
+        raise ServingConfigError(
+            "a stateful model keeps each sequence's state in the process that started it, and "
+            "worker processes share the port by connection: serve it without --workers"
+        )
     if config.sequence is not None:  # names that do not fit fail the load, before any session
         SpeechClips.create(Stepper(artifact.signature, config.sequence), config.sequence.speech)
     backend = _backend(package, artifact)

@@ -93,7 +93,7 @@ def deployment_options(config: ServingConfig, scale: Scale) -> dict[str, Any]:
     autoscaling = config.autoscaling
     if scale.replicas is not None or (autoscaling is None and scale.autoscale is None):
         options["num_replicas"] = scale.replicas or config.replicas
-        return options
+        return _one_replica_if_stateful(config, options)
     low, high = scale.autoscale or (autoscaling.min_replicas, autoscaling.max_replicas)  # type: ignore[union-attr]
     target = autoscaling.target_ongoing_requests if autoscaling is not None else None
     options["autoscaling_config"] = {
@@ -102,6 +102,18 @@ def deployment_options(config: ServingConfig, scale: Scale) -> dict[str, Any]:
         "max_replicas": high,
         "target_ongoing_requests": target or max(config.max_batch_size, 1) * config.instances,
     }
+    return _one_replica_if_stateful(config, options)
+
+
+def _one_replica_if_stateful(config: ServingConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """``options``, unless they run a stateful model on more than one replica: Ray routes each
+    request to any replica, so a sequence's chunks would meet a replica without its state."""
+    most = replica_bounds(options)[1]
+    if config.sequence is not None and most > 1:
+        raise InputError(
+            f"a stateful model (serving.sequence) keeps each sequence's state in one replica, "
+            f"and Ray routes each request to any of them: serve it on 1 replica, not {most}"
+        )
     return options
 
 
