@@ -25,17 +25,18 @@ pytest.importorskip("tokenizers", reason="texts need the 'text' extra (tokenizer
 import pyarrow.parquet as pq  # noqa: E402
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+CLASSES = ["cat", "dog", "tabby cat", "bird", "Ünïcödé"]  # top-1 names: the label column
 WORDS = [*SPECIAL, "a", "the", "good", "bad", "film", "very", "dull", "funny"]  # the vocabulary
 
 
 class TinyRGB(torch.nn.Module):
-    """3x16x16 images -> 5 class scores."""
+    """3x16x16 images -> 5 class scores (linear: the top class follows the colour)."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
             torch.nn.Flatten(), torch.nn.Linear(4, 5),
         )  # fmt: skip
 
@@ -72,6 +73,7 @@ signature:
   outputs: [{name: scores, dtype: float32, shape: [batch, 5]}]
 preprocess:
   image: {resize: 20, crop: 16, mean: [0.5, 0.4, 0.3], std: [0.2, 0.3, 0.4]}
+postprocess: {labels: LABELS}
 passes: [{export: {opset: 18}}]
 validate: {samples: 4}
 bench: {enabled: false}
@@ -110,15 +112,19 @@ def _word_tokenizer(path: Path) -> None:
 def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("predict-inputs")
     _word_tokenizer(root / "tokenizer.json")
+    (root / "labels.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+    image = IMAGE_RECIPE.replace("LABELS", str(root / "labels.txt"))
     text = TEXT_RECIPE.format(top=len(WORDS) - 1, tokenizer=root / "tokenizer.json")
     return {
-        "image": shipyard.build(parse_recipe(IMAGE_RECIPE), root, run_bench=False).package_dir,
+        "image": shipyard.build(parse_recipe(image), root, run_bench=False).package_dir,
         "text": shipyard.build(parse_recipe(text), root, run_bench=False).package_dir,
     }
 
 
 def _encoded(size: tuple[int, int], kind: str, seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    rng = np.random.default_rng(seed)  # a colour of its own, and noise
+    noise = rng.normal(0, 20, (size[1], size[0], 3))
+    pixels = np.clip(rng.integers(0, 256, 3) + noise, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=kind)
     return buffer.getvalue()
@@ -175,12 +181,16 @@ def test_a_folder_of_images_gives_what_the_server_answers(
     assert seen == [(2, 5), (4, 5), (5, 5)] * 2  # chunks of 2
     encoded = np.array([(photos / name).read_bytes() for name in FILES], dtype=object)
     expected = _served(packages["image"], {"image": encoded})["scores"]
+    top = [CLASSES[i] for i in expected.argmax(axis=1)]
+    assert len(set(top)) > 1  # the label column is not one class for every image
     with np.load(tmp_path / "out.npz", allow_pickle=False) as archive:  # no pickled strings
         assert archive["file"].dtype.kind == "U" and archive["file"].tolist() == FILES
+        assert archive["label"].dtype.kind == "U" and archive["label"].tolist() == top
         np.testing.assert_allclose(archive["scores"], expected, rtol=1e-6, atol=1e-6)
     table = pq.read_table(tmp_path / "out.parquet")
-    assert table.column_names == ["file", "scores"] and table.schema.field("file").type == "string"
-    assert table.column("file").to_pylist() == FILES
+    assert table.column_names == ["file", "label", "scores"]
+    assert table.schema.field("file").type == "string"
+    assert table.column("file").to_pylist() == FILES and table.column("label").to_pylist() == top
     scores = np.array(table.column("scores").to_pylist(), np.float32)
     np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-6)
 

@@ -12,7 +12,8 @@ the input's order, and the numbers equal the single-process path's.
 ``data`` may also be a folder of images (a package with ``preprocess: image``) or a .txt file
 of texts, one per line (a package with a tokenizer): the package's own pre-processing turns
 each chunk into the model's inputs, as the server does, and the output gains the column that
-names each row (``file``; ``line``, and ``text`` in Parquet). See
+names each row (``file``; ``line``, and ``text`` in Parquet), and, when the package has
+class names (``postprocess: labels``), ``label``: the top-1 class of the first output. See
 :mod:`shipyard.predict_inputs`. These run single-process: Ray Data reads tensor files only.
 """
 
@@ -123,15 +124,21 @@ def _predict_here(
             f"the results of {data.name} carry a {source.keys[0]!r} column beside the "
             f"model's outputs: write .npz or .parquet"
         )
-    clash = sorted(set(source.keys) & set(artifact.signature.output_names))
+    top = _top_label(package, artifact.signature) if source.keys else None
+    columns = [*source.keys, *(["label"] if top else [])]
+    clash = sorted(set(columns) & set(artifact.signature.output_names))
     if clash:
-        raise DataError(f"the model has an output named {clash[0]!r}, the column naming rows")
+        raise DataError(f"the model has an output named {clash[0]!r}, a column predict adds")
     output.parent.mkdir(parents=True, exist_ok=True)
-    writer = ChunkWriter(output, source.rows, source.dtypes)
+    dtypes = {**source.dtypes, **({"label": top[1].dtype} if top else {})}
+    writer = ChunkWriter(output, source.rows, dtypes)
     try:
         with open_session(artifact, threads=threads) as session:
             for chunk, keys in source.chunks(batch_size):
-                writer.write({**keys, **session.run(_typed(chunk, artifact.signature))})
+                outputs = session.run(_typed(chunk, artifact.signature))
+                if top is not None:
+                    keys = {**keys, "label": top[1][outputs[top[0]].argmax(axis=1)]}
+                writer.write({**keys, **outputs})
                 if on_progress is not None:
                     on_progress(writer.done, source.rows)
         writer.close()
@@ -139,6 +146,24 @@ def _predict_here(
         writer.abort()
         raise
     return writer.done, source.truncated
+
+
+def _top_label(package: Package, signature: Any) -> tuple[str, Any] | None:
+    """For a package with class names (``postprocess: labels``, read as the server reads
+    them): the output that holds the logits (the first, as the build's examples and the
+    server's classification take it) and the names as a string array; None without."""
+    import numpy as np
+
+    from shipyard.serve.version import read_labels
+
+    labels = read_labels(package)
+    if not labels:
+        return None
+    first = signature.outputs[0]
+    classes = first.shape[1] if len(first.shape) == 2 else None
+    if classes is None or (isinstance(classes, int) and classes != len(labels)):
+        return None  # not logits of one row per sample (the build checks the labels' count)
+    return first.name, np.asarray(labels)
 
 
 def _typed(chunk: dict[str, Any], signature: Any) -> dict[str, Any]:

@@ -33,7 +33,8 @@ def predict(
             "--output",
             "-o",
             help="Results: .npy (one output), .npz or .parquet; with --engine ray a folder of "
-            "Parquet files. Images add a 'file' column, texts 'line' (and 'text' in Parquet).",
+            "Parquet files. Images add a 'file' column, texts 'line' (and 'text' in Parquet); "
+            "with class names in the package, 'label' (the top-1 class).",
         ),
     ],
     engine: Annotated[
