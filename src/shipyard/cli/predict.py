@@ -77,8 +77,7 @@ def predict(
         highlight=False,
     )
     if result.truncated:
+        texts = "1 text was" if result.truncated == 1 else f"{result.truncated:,} texts were"
         console.print(
-            f"[yellow]![/] {result.truncated:,} texts were cut at the tokenizer's maximum "
-            "length (max_length tokens)",
-            highlight=False,
+            f"[yellow]![/] {texts} cut at the package's max_length tokens", highlight=False
         )
