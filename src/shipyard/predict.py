@@ -8,19 +8,27 @@ Parquet). With ``engine="ray"`` the same sessions run in Ray Data: ``map_batches
 :class:`Predictor`, a callable class that opens its session once per actor
 (``ActorPoolStrategy``), writing Parquet files into the folder ``output``; the rows keep
 the input's order, and the numbers equal the single-process path's.
+
+``data`` may also be a folder of images (a package with ``preprocess: image``) or a .txt file
+of texts, one per line (a package with a tokenizer): the package's own pre-processing turns
+each chunk into the model's inputs, as the server does, and the output gains the column that
+names each row (``file``; ``line``, and ``text`` in Parquet), and, when the package has
+class names (``postprocess: labels``), ``label``: the top-1 class of the first output. See
+:mod:`shipyard.predict_inputs`. These run single-process: Ray Data reads tensor files only.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import DataError, InputError
 from shipyard.package import Package, load_package
+from shipyard.predict_inputs import is_tensor_file, open_input
 from shipyard.runtimes import open_session
 from shipyard.tabular import ChunkWriter, count_rows, file_format, from_table, read_chunks, to_table
 
@@ -30,13 +38,15 @@ Progress = Callable[[int, int], None]  # (rows done, rows in all)
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a run did: rows, seconds, the artifact that ran, where the results are."""
+    """What a run did: rows, seconds, the artifact that ran, where the results are, and how
+    many texts were cut at the tokenizer's ``max_length`` (a .txt input)."""
 
     rows: int
     seconds: float
     artifact: str
     output: Path
     engine: str
+    truncated: int = 0
 
 
 def _served(package: Package) -> Any:
@@ -61,12 +71,14 @@ def predict(
 ) -> Prediction:
     """Run the package's served artifact over ``data``; write its outputs to ``output``.
 
-    ``data``: .npy (a model with one input), .npz (an array per input name) or Parquet (a
-    column per input). ``output``: .npy (one output), .npz or .parquet; with
-    ``engine="ray"`` a folder of Parquet files. ``batch_size``: samples per session run.
-    ``threads``: per session. Ray: ``actors`` sessions at once, on the cluster at
-    ``address`` (None: a local one started for this call, or the one this process is
-    connected to). ``on_progress(done, total)`` after each chunk (single-process).
+    ``data``: .npy (a model with one input), .npz (an array per input name), Parquet (a
+    column per input), a folder of images or a .txt file of texts (a package that
+    pre-processes images or texts; see :mod:`shipyard.predict_inputs`). ``output``: .npy
+    (one output), .npz or .parquet; with ``engine="ray"`` a folder of Parquet files.
+    ``batch_size``: samples per session run. ``threads``: per session. Ray: ``actors``
+    sessions at once, on the cluster at ``address`` (None: a local one started for this
+    call, or the one this process is connected to). ``on_progress(done, total)`` after each
+    chunk (single-process).
     """
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r}: choose process or ray")
@@ -77,41 +89,81 @@ def predict(
     data, output = Path(data), Path(output)
     if not data.exists():
         raise DataError(f"data file {data} does not exist")
-    names = artifact.signature.input_names
     started = time.perf_counter()
+    truncated = 0
     if engine == "ray":
+        if not is_tensor_file(data):
+            raise InputError(
+                f"--engine ray reads .npy, .npz and Parquet; {data.name} (images or texts) "
+                f"runs with --engine process"
+            )
         rows = _predict_ray(
             loaded, artifact.name, data, output, batch_size, threads, actors, address
         )
     else:
-        rows = _predict_here(artifact, data, output, names, batch_size, threads, on_progress)
-    return Prediction(rows, time.perf_counter() - started, artifact.name, output, engine)
+        rows, truncated = _predict_here(
+            loaded, artifact, data, output, batch_size, threads, on_progress
+        )
+    seconds = time.perf_counter() - started
+    return Prediction(rows, seconds, artifact.name, output, engine, truncated)
 
 
 def _predict_here(
+    package: Package,
     artifact: Any,
     data: Path,
     output: Path,
-    names: Sequence[str],
     batch_size: int,
     threads: int,
     on_progress: Progress | None,
-) -> int:
-    total = count_rows(data, names)
-    file_format(output, "output")
+) -> tuple[int, int]:
+    kind = file_format(output, "output")
+    source = open_input(data, package, artifact.signature, kind)
+    if source.keys and kind == ".npy":
+        raise DataError(
+            f"the results of {data.name} carry a {source.keys[0]!r} column beside the "
+            f"model's outputs: write .npz or .parquet"
+        )
+    top = _top_label(package, artifact.signature) if source.keys else None
+    columns = [*source.keys, *(["label"] if top else [])]
+    clash = sorted(set(columns) & set(artifact.signature.output_names))
+    if clash:
+        raise DataError(f"the model has an output named {clash[0]!r}, a column predict adds")
     output.parent.mkdir(parents=True, exist_ok=True)
-    writer = ChunkWriter(output, total)
+    dtypes = {**source.dtypes, **({"label": top[1].dtype} if top else {})}
+    writer = ChunkWriter(output, source.rows, dtypes)
     try:
         with open_session(artifact, threads=threads) as session:
-            for chunk in read_chunks(data, names, batch_size):
-                writer.write(session.run(_typed(chunk, artifact.signature)))
+            for chunk, keys in source.chunks(batch_size):
+                outputs = session.run(_typed(chunk, artifact.signature))
+                if top is not None:
+                    keys = {**keys, "label": top[1][outputs[top[0]].argmax(axis=1)]}
+                writer.write({**keys, **outputs})
                 if on_progress is not None:
-                    on_progress(writer.done, total)
+                    on_progress(writer.done, source.rows)
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return writer.done
+    return writer.done, source.truncated
+
+
+def _top_label(package: Package, signature: Any) -> tuple[str, Any] | None:
+    """For a package with class names (``postprocess: labels``, read as the server reads
+    them): the output that holds the logits (the first, as the build's examples and the
+    server's classification take it) and the names as a string array; None without."""
+    import numpy as np
+
+    from shipyard.serve.version import read_labels
+
+    labels = read_labels(package)
+    if not labels:
+        return None
+    first = signature.outputs[0]
+    classes = first.shape[1] if len(first.shape) == 2 else None
+    if classes is None or (isinstance(classes, int) and classes != len(labels)):
+        return None  # not logits of one row per sample (the build checks the labels' count)
+    return first.name, np.asarray(labels)
 
 
 def _typed(chunk: dict[str, Any], signature: Any) -> dict[str, Any]:

@@ -144,10 +144,17 @@ def read_chunks(path: Path, names: Sequence[str], rows: int) -> Iterator[Arrays]
 class ChunkWriter:
     """Writes output chunks to ``path`` (.npy: one output; .npz; .parquet), ``total`` rows in
     all; call :meth:`write` per chunk and :meth:`close` at the end. Nothing appears at
-    ``path`` unless every chunk was written (the file is renamed into place)."""
+    ``path`` unless every chunk was written (the file is renamed into place).
 
-    def __init__(self, path: Path, total: int) -> None:
+    ``dtypes``: the element type of a column whose chunks may differ in it (fixed-width
+    strings, ``<U40``, whose width is the longest of all chunks); .npz sets a column's type
+    from its first chunk otherwise. Strings become Parquet string columns."""
+
+    def __init__(
+        self, path: Path, total: int, dtypes: Mapping[str, np.dtype] | None = None
+    ) -> None:
         self.path, self.total, self.kind = path, total, file_format(path, "output")
+        self.dtypes = dict(dtypes or {})
         self.staging = Path(tempfile.mkdtemp(prefix=".predict-", dir=path.parent))
         self.done = 0
         self.maps: dict[str, np.memmap] = {}
@@ -169,7 +176,7 @@ class ChunkWriter:
                     self.maps[name] = np.lib.format.open_memmap(
                         self.staging / f"{name}.npy",
                         "w+",
-                        array.dtype,
+                        self.dtypes.get(name, array.dtype),
                         (self.total, *array.shape[1:]),
                     )
                 self.maps[name][self.done : self.done + rows] = array

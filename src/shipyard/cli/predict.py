@@ -22,7 +22,9 @@ def predict(
             "--input",
             "-i",
             help=".npy (one input), .npz (an array per input name) or Parquet (a column per "
-            "input; a file or a folder).",
+            "input; a file or a folder); a folder of images (its subfolders too) for a "
+            "package that pre-processes images; a .txt file, one text per line, for a "
+            "package with a tokenizer.",
         ),
     ],
     output: Annotated[
@@ -31,7 +33,8 @@ def predict(
             "--output",
             "-o",
             help="Results: .npy (one output), .npz or .parquet; with --engine ray a folder of "
-            "Parquet files.",
+            "Parquet files. Images add a 'file' column, texts 'line' (and 'text' in Parquet); "
+            "with class names in the package, 'label' (the top-1 class).",
         ),
     ],
     engine: Annotated[
@@ -46,6 +49,8 @@ def predict(
 
     The progress bar goes to stderr, on a terminal only. --engine ray runs the same session in
     Ray Data actors (map_batches) and writes Parquet; the numbers equal the single-process run.
+    Images and texts are pre-processed by the package, as the server does, and run with
+    --engine process; an image that cannot be decoded stops the run, naming the file.
     """
     from shipyard.predict import predict as run
     from shipyard.progress import progress_bar
@@ -71,3 +76,8 @@ def predict(
         f"({result.engine}) in {result.seconds:.1f} s -> {escape(str(result.output))}",
         highlight=False,
     )
+    if result.truncated:
+        texts = "1 text was" if result.truncated == 1 else f"{result.truncated:,} texts were"
+        console.print(
+            f"[yellow]![/] {texts} cut at the package's max_length tokens", highlight=False
+        )
