@@ -112,6 +112,18 @@ def test_bad_files_and_options_are_refused_in_one_line(
     with pytest.raises(InputError, match="Parquet files into a folder"):
         shipyard.predict(built["digits"], tmp_path / "wrong.npz", tmp_path / "o.npz", engine="ray")
     assert not (tmp_path / "o.npz").exists() and not (tmp_path / "o.csv").exists()
+    # A Parquet folder beside other files reads only its *.parquet; a broken one is named.
+    rows = np.random.default_rng(1).standard_normal((5, 7)).astype(np.float32)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    pq.write_table(to_table({"x": rows}), folder / "a.parquet")
+    (folder / "README.txt").write_text("how these were made")
+    done = shipyard.predict(built["rows"], folder, tmp_path / "parts.npz")
+    assert done.rows == 5
+    (folder / "b.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match=r"parts: not readable as Parquet"):
+        shipyard.predict(built["rows"], folder, tmp_path / "broken.npz")
+    assert not (tmp_path / "broken.npz").exists()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import zipfile
@@ -105,22 +106,43 @@ def count_rows(path: Path, names: Sequence[str]) -> int:
     if kind == ".npz":
         with np.load(path) as archive:
             return int(archive[names[0]].shape[0]) if names[0] in archive else 0
-    return int(_parquet(path).count_rows())
+    with _named(path):
+        return int(_parquet(path).count_rows())
 
 
 def _parquet(path: Path) -> Any:
-    """A Parquet file or folder as a pyarrow dataset (a folder's files in name order)."""
-    return _pyarrow().dataset.dataset(str(path), format="parquet")
+    """A Parquet file or folder as a pyarrow dataset (a folder's ``*.parquet`` files, in name
+    order, beside whatever else it holds); DataError for a file that is not Parquet."""
+    pa = _pyarrow()
+    files = [str(path)]
+    if path.is_dir():
+        files = [str(f) for f in sorted(path.rglob("*.parquet")) if not f.name.startswith(".")]
+    with _named(path):
+        return pa.dataset.dataset(files, format="parquet")
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """pyarrow's errors on a file that is not Parquet as a DataError naming ``path``."""
+    try:
+        yield
+    except (_pyarrow().ArrowInvalid, OSError) as error:
+        raise DataError(f"data {path}: not readable as Parquet ({error})") from error
 
 
 def read_chunks(path: Path, names: Sequence[str], rows: int) -> Iterator[Arrays]:
     """The inputs ``names`` from ``path``, ``rows`` samples at a time."""
     kind = file_format(path, "data")
     if kind == ".parquet":
-        for batch in _parquet(path).to_batches(columns=list(names), batch_size=rows):
+        with _named(path):
+            batches = iter(_parquet(path).to_batches(columns=list(names), batch_size=rows))
+        while True:
+            with _named(path):
+                batch = next(batches, None)
+            if batch is None:
+                return
             if batch.num_rows:
                 yield from_table(_pyarrow().Table.from_batches([batch]), names)
-        return
     if kind == ".npy":
         if len(names) != 1:
             raise DataError(f"{path} holds one array; the model takes {list(names)}: use .npz")
