@@ -64,7 +64,7 @@ def test_package_json_names_the_model_after_the_file(small_onnx: Artifact, tmp_p
         ("net.bin", (), "net.bin has no net.xml beside it: an OpenVINO model is the .xml"),
         ("small.onnx", ("--name", "no/slash"), "--name 'no/slash' is not a valid model name"),
         ("small.onnx", ("--max-batch-size", "-1"), "--max-batch-size: Input should be greater"),
-        ("small.onnx", ("--task", "detection"), "--task 'detection': use one of classification"),
+        ("small.onnx", ("--task", "speech"), "--task 'speech': use one of classification"),
     ],
 )
 def test_package_refuses_bad_input_in_one_line(
