@@ -47,7 +47,10 @@ def test_missing_attribute_lists_what_exists() -> None:
 
 
 def test_factory_returning_non_module() -> None:
-    with pytest.raises(SourceError, match="returned a str, not a torch.nn.Module"):
+    with pytest.raises(
+        SourceError,
+        match="returned the str .I am a string., neither a torch.nn.Module nor an existing",
+    ):
         load_model("tests.test_sources:not_a_module", INPUTS)
 
 

@@ -204,6 +204,11 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> torch.nn.Module | P
             f"{error}; fix the kwargs (recipe: model: kwargs:, CLI: --kwargs)"
         ) from error
     if isinstance(module, str | os.PathLike):
+        if not Path(module).exists():
+            raise SourceError(
+                f"factory '{reference}' returned the {type(module).__name__} {str(module)!r}, "
+                f"neither a torch.nn.Module nor an existing model file or folder"
+            )
         return Path(module)
     if not isinstance(module, torch.nn.Module):
         raise SourceError(

@@ -58,7 +58,10 @@ def test_shipyard_validate_reads_the_task_from_the_package(built: shipyard.Build
     assert "log-loss" in run.stdout
     refused = run_cli("validate", "shipyard.examples.recsys:trained", built.package_dir,
                       "--task", "ranking")  # fmt: skip
-    assert refused.returncode == 2 and "use one of classification, binary, detection, embedding, other" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "use one of classification, binary, detection, embedding, other" in refused.stderr
+    )
 
 
 def test_the_search_picks_a_quantized_candidate_within_the_auc_gate(

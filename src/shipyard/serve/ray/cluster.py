@@ -176,7 +176,7 @@ def haproxy_routes(cluster: Cluster, wanted: dict[str, int]) -> bool:
     HAProxy is still running: Ray reloads HAProxy by starting a new process beside the old
     one, both accept connections for about half a second, and the old one then closes
     those it holds (measured: 32 connections answered by nothing at once)."""
-    haproxies = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
+    haproxies = [p for p in psutil.Process().children(recursive=True) if _name(p) == "haproxy"]
     if len(haproxies) != 1:
         return False
     port = cluster.env["RAY_SERVE_HAPROXY_STATS_PORT"]
@@ -190,6 +190,15 @@ def haproxy_routes(cluster: Cluster, wanted: dict[str, int]) -> bool:
         if len(fields) > 17 and fields[1].startswith("SERVE_REPLICA") and fields[17] == "UP":
             up[fields[0]] = up.get(fields[0], 0) + 1
     return all(up.get(f"http-{app}", 0) >= count for app, count in wanted.items())
+
+
+def _name(process: psutil.Process) -> str | None:
+    """``process``'s name, None when it exited since it was listed (psutil then raises
+    NoSuchProcess, or FileNotFoundError from /proc when the exit races its read)."""
+    try:
+        return str(process.name())
+    except (psutil.Error, OSError):
+        return None
 
 
 def fetch(url: str, body: bytes | None = None, token: str | None = None) -> tuple[int, bytes]:
