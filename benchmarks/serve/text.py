@@ -228,6 +228,7 @@ def run_ours(work: Path, package: Path, sample: list[str], want: np.ndarray, arg
         print(f"ours {artifact}", flush=True)
         with peers.running(launch, work, log) as process:
             cosine = check(port, ours_request, ours_embedding, sample[:8], want, f"ours {artifact}")
+            print(f"  8 texts at once match encode's: min cosine {cosine:.4f}", flush=True)
             requests = [ours_request(port, t) for t in sample]
             out[artifact] = {
                 "min_cosine": cosine,
@@ -264,6 +265,7 @@ def run_peer(work: Path, sample: list[str], want: np.ndarray, args: Any, workers
     print(f"mlserver-hf, parallel_workers {workers}", flush=True)
     with peers.running(launch, folder, log) as process:
         cosine = check(port, peer_request, peer_embedding, sample[:8], want, "mlserver-hf")
+        print(f"  8 texts at once match encode's: min cosine {cosine:.4f}", flush=True)
         requests = [peer_request(port, t) for t in sample]
         result = {"parallel_workers": workers, "min_cosine": cosine}
         result["levels"] = measure(process, port, requests, args, False)
