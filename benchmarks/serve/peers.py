@@ -100,6 +100,9 @@ class Peer:
     package: str  # the distribution whose version is the peer's version
     requirements: tuple[str, ...]
     shown: tuple[str, ...] = ()  # further distributions whose versions are recorded
+    # installed after the requirements with --no-deps (a peer whose declared dependencies
+    # include something it never uses here, e.g. mlserver-huggingface's TensorFlow)
+    no_deps: tuple[str, ...] = ()
 
 
 # The versions this benchmark was written and checked with; pip installs them into the peer's
@@ -133,27 +136,19 @@ def ensure_venv(peer: Peer) -> Path:
     python = folder / "bin" / "python"
     stamp = folder / "shipyard-requirements.txt"
     wanted = "\n".join(requirements(peer)) + "\n"
+    wanted += "".join(f"{name} --no-deps\n" for name in peer.no_deps)
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    print(f"creating {folder}: pip install {' '.join(requirements(peer))} ...", flush=True)
+    print(f"creating {folder}: pip install {' '.join(wanted.split())} ...", flush=True)
     started = time.monotonic()
     shutil.rmtree(folder, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    result = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            *requirements(peer),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode:
-        raise SystemExit(f"pip install for {peer.name} failed:\n{result.stderr[-4000:]}")
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    steps = [requirements(peer), *([["--no-deps", *peer.no_deps]] if peer.no_deps else [])]
+    for step in steps:
+        result = subprocess.run([*pip, *step], capture_output=True, text=True)
+        if result.returncode:
+            raise SystemExit(f"pip install for {peer.name} failed:\n{result.stderr[-4000:]}")
     stamp.write_text(wanted)
     print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
     return python
