@@ -1,6 +1,7 @@
-"""Our Ray engine beside the single-process server and plain Ray Serve, on the digits CNN.
+"""Our Ray engine beside the single-process server and plain Ray Serve, on the digits CNN and
+ResNet-18.
 
-One run builds the digits package (random weights), then serves it, one server at a time:
+One run builds each model's package (random weights), then serves it, one server at a time:
 
 - ``ours``: ``shipyard serve`` (one process);
 - ``ray r=1`` / ``ray r=2``: ``shipyard serve --engine ray --replicas N`` (a local one-node
@@ -17,7 +18,8 @@ for Ray, every Ray process it started). Load averages before and after go with t
 other processes share this machine. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/serve/ray_engine.py [--concurrency 1,8,32]
-        [--seconds 8] [--servers ours,ray1,ray2,proxy1,rayserve] [--json out.json]
+        [--seconds 8] [--servers ours,ray1,ray2,proxy1,rayserve] [--models digits,resnet18]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -76,22 +78,12 @@ def launch_engine(repository: Path, port: int, replicas: int, ingress: str) -> L
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--servers", default=",".join(SERVERS))
-    parser.add_argument("--peer-delay-ms", type=float, default=5.0)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    args.levels = [int(c) for c in args.concurrency.split(",")]
-    chosen = [s for s in args.servers.split(",") if s]
-    model = MODELS["digits"]
-    serving = {"max_batch_size": MAX_BATCH, "max_queue_delay_ms": 0.0, "timeout_ms": 600_000}
-    load_before, started = os.getloadavg(), time.monotonic()
+def measure(
+    name: str, chosen: list[str], serving: dict[str, Any], args: Any
+) -> list[dict[str, Any]]:
+    """Build ``name``'s package (random weights) and drive each chosen server with it."""
+    model = MODELS[name]
     folder = Path(tempfile.mkdtemp(prefix="shipyard-ray-bench-"))
-    (VENVS / "logs").mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     try:
         built = shipyard.build(parse_recipe(model.recipe), folder / "repo", run_bench=False)
@@ -119,21 +111,25 @@ def main() -> None:
                 else:
                     ingress = "proxy" if who.startswith("proxy") else "haproxy"
                     launch = launch_engine(folder / "repo", port, int(who[-1]), ingress)
-                log = VENVS / "logs" / f"ray-engine-{who}.log"
-                print(f"starting {SERVERS[who]} (log {log})", flush=True)
+                log = VENVS / "logs" / f"ray-engine-{name}-{who}.log"
+                print(f"{name}: starting {SERVERS[who]} (log {log})", flush=True)
                 ready = time.monotonic()
                 with running(launch, workdir, log) as process:
                     ready_s = time.monotonic() - ready
                     check_outputs(port, model, session, who)
                     request = request_bytes(port, model, x)
                     levels = load_levels(SERVERS[who], process, port, request, args)
-                    results.append({"server": who, "ready_s": ready_s, "levels": levels})
+                    results.append(
+                        {"model": name, "server": who, "ready_s": ready_s, "levels": levels}
+                    )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    load_after = os.getloadavg()
-    print(
-        f"\ndigits CNN, batch-1 V2 JSON requests; req/s (p50 / p99 ms); {args.seconds} s per level"
-    )
+    return results
+
+
+def table(name: str, results: list[dict[str, Any]], args: Any) -> None:
+    """``name``'s rows: req/s (p50 / p99) per level, CPU per request, the ratio to Ray Serve."""
+    print(f"\n{name}, batch-1 V2 JSON requests; req/s (p50 / p99 ms); {args.seconds} s per level")
     print(f"{'server':<24}" + "".join(f"{'c=' + str(c):>26}" for c in args.levels))
     for entry in results:
         cells = []
@@ -163,7 +159,30 @@ def main() -> None:
             mine = level(by_name[who], top) if who in by_name else None
             if mine and peer:
                 ratio = mine["req_per_s"] / peer["req_per_s"]
-                print(f"  c={top}: {SERVERS[who]} = {ratio:.2f}x plain Ray Serve (target >= 3x)")
+                target = " (target >= 3x)" if name == "digits" else ""
+                print(f"  c={top}: {SERVERS[who]} = {ratio:.2f}x plain Ray Serve{target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="digits,resnet18")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--peer-delay-ms", type=float, default=5.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    chosen = [s for s in args.servers.split(",") if s]
+    names = [m for m in args.models.split(",") if m]
+    serving = {"max_batch_size": MAX_BATCH, "max_queue_delay_ms": 0.0, "timeout_ms": 600_000}
+    load_before, started = os.getloadavg(), time.monotonic()
+    (VENVS / "logs").mkdir(parents=True, exist_ok=True)
+    results = {name: measure(name, chosen, serving, args) for name in names}
+    load_after = os.getloadavg()
+    for name, rows in results.items():
+        table(name, rows, args)
     fingerprint = hardware_fingerprint()
     print(
         f"{fingerprint.get('cpu')}, {fingerprint.get('logical_cores')} cores; load average "
@@ -172,7 +191,7 @@ def main() -> None:
     )
     if args.json:
         report = {
-            "results": results,
+            "results": [row for rows in results.values() for row in rows],
             "fingerprint": fingerprint,
             "load_average": {"before": load_before, "after": load_after},
             "serving": serving,
