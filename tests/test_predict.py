@@ -185,3 +185,29 @@ def test_predict_command_writes_results_and_says_where(
     assert run.stderr == ""  # no progress bar off a terminal
     expected = _reference(built["digits"], x)["logits"]
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+@pytest.mark.slow
+def test_ray_data_gives_the_single_process_results_for_the_recommender(
+    tmp_path: Path, ray_cluster: None
+) -> None:
+    """A second example: five inputs of two dtypes (the DLRM on MovieLens' held-out ratings)."""
+    from importlib.util import find_spec
+
+    if find_spec("recbole") is None:
+        pytest.skip("needs recbole==1.2.1 installed --no-deps (MovieLens-100k in its wheel)")
+    from shipyard.examples.recsys import validation
+    from shipyard.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "examples" / "recsys" / "recipe.yaml")
+    recipe.passes = recipe.passes[:1]  # the fp32 export
+    package = shipyard.build(recipe, tmp_path / "repo", run_bench=False).package_dir
+    inputs, _ = validation()
+    np.savez(tmp_path / "ratings.npz", **inputs)
+    here = shipyard.predict(package, tmp_path / "ratings.npz", tmp_path / "here.npz")
+    on_ray = shipyard.predict(
+        package, tmp_path / "ratings.npz", tmp_path / "ray", engine="ray", actors=2
+    )
+    assert on_ray.rows == here.rows == len(inputs["user"]) > 10_000
+    got = from_table(pq.read_table(tmp_path / "ray"), ["probability"])["probability"]
+    np.testing.assert_array_equal(got, np.load(tmp_path / "here.npz")["probability"])
