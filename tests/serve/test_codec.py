@@ -24,6 +24,21 @@ PAD = {"pad": "x" * 5000}
 READERS = pytest.mark.parametrize("reader", ["orjson", "simdjson"])
 
 
+def test_json_responses_keep_nan_and_integers_beyond_64_bits() -> None:
+    """orjson writes the response unless it would change it: NaN/Inf (orjson: null) and an
+    echoed integer beyond 64 bits (orjson refuses) go through json."""
+    body = {"inputs": [{"name": "a", "datatype": "INT32", "shape": [1], "data": [1]}]}
+    request = decode_request(json.dumps(body).encode())
+    values = np.array([0.5, 1e-5, -3.25], np.float32)
+    plain, _ = encode_response("m", 1, {"y": values}, request)
+    assert json.loads(plain)["outputs"][0]["data"] == values.tolist()
+    special, _ = encode_response("m", 1, {"y": np.array([np.nan, np.inf], np.float32)}, request)
+    assert b"[NaN,Infinity]" in special
+    body["parameters"] = {"big": 2**70}
+    echoed, _ = encode_response("m", 1, {"y": values}, decode_request(json.dumps(body).encode()))
+    assert json.loads(echoed)["parameters"] == {"big": 2**70}
+
+
 @pytest.mark.parametrize("datatype", sorted(DATATYPES))
 @pytest.mark.parametrize("binary", [False, True])
 @READERS

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import math
 import threading
@@ -395,6 +396,15 @@ def _options(
     return decoded
 
 
+def _dumps(response: dict[str, Any], finite: bool) -> bytes:
+    """Compact JSON by orjson (profile_server.py: ~7 µs less than json), by json when a value
+    is NaN/Inf (orjson writes null) or orjson refuses one (an int beyond 64 bits)."""
+    with contextlib.suppress(TypeError):  # orjson.JSONEncodeError
+        if finite:
+            return orjson.dumps(response)
+    return json.dumps(response, separators=(",", ":")).encode()
+
+
 def encode_response(
     model: str,
     version: int,
@@ -405,16 +415,14 @@ def encode_response(
     names: Sequence[str] = request.outputs if request.outputs is not None else list(outputs)
     described: list[dict[str, Any]] = []
     blobs: list[Any] = []  # bytes, or an array's buffer
+    finite = True  # orjson writes NaN/Inf as null: such responses keep json's NaN
     missing = [name for name in names if name not in outputs]
     if missing:  # e.g. a whole clip's output asked of one chunk
         raise BadRequest(f"unknown output(s) {missing} for this request; it gives {list(outputs)}")
     for name in names:
         array = outputs[name]
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": datatype_of(array.dtype),
-            "shape": list(array.shape),
-        }
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype)}
+        entry["shape"] = list(array.shape)
         strings = array.dtype.kind in "OSU"
         if request.binary.get(name, request.binary_default):
             blob = serialize_bytes(array) if strings else np.ascontiguousarray(array).data
@@ -424,6 +432,8 @@ def encode_response(
             entry["data"] = [as_bytes(v).decode("utf-8", "replace") for v in array.ravel()]
         else:
             entry["data"] = array.ravel().tolist()
+            if array.dtype.kind == "f" and finite:
+                finite = bool(np.isfinite(array).all())
         described.append(entry)
     response: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if request.id is not None:
@@ -433,7 +443,7 @@ def encode_response(
     if echoed:
         response["parameters"] = echoed
     response["outputs"] = described
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = _dumps(response, finite)
     if not blobs:
         return header, None
     parts = [blob if isinstance(blob, bytes) else blob.cast("B") for blob in blobs]
