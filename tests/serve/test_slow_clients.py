@@ -4,6 +4,7 @@ connection cap new requests get 503 — all while a well-behaved client is answe
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -119,3 +120,44 @@ def test_beyond_the_connection_cap_new_requests_get_503(packages: Path) -> None:
         wait_for(served, timeout=10, what="a request to be served once the connections closed")
     finally:
         _stop(process)
+
+
+def _response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One response's head and body from ``sock`` (the body by its Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def test_heads_held_for_their_body_still_answer_head_and_100_continue(url: str) -> None:
+    """The server writes a response's head with its body: a HEAD response (no body write), a
+    100 Continue (a head that must leave at once) and keep-alive requests after them."""
+    with _connect(url) as sock:
+        sock.sendall(b"HEAD /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200")
+        body = json.dumps(BODY).encode()
+        sock.sendall(
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        continued = b""
+        while not continued.endswith(b"\r\n\r\n"):  # before the body is sent
+            continued += sock.recv(65536)
+        assert continued == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        head, answer = _response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(answer)["outputs"]
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _response(sock)[0].startswith(b"HTTP/1.1 200")
