@@ -21,7 +21,7 @@ def test_a_model_dearer_per_row_in_large_batches_gets_capped_and_follows_a_chang
     size = BatchSize(16)
     _run(size, costs, 10 * EXPLORE)
     assert size.cap == 4
-    _run(size, {s: 1e-3 / s for s in costs}, 20 * EXPLORE)  # now batching pays again
+    _run(size, {s: 1e-3 / s for s in costs}, 40 * EXPLORE)  # now batching pays again
     assert size.cap == 16
 
 

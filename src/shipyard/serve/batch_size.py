@@ -15,13 +15,15 @@ class above or below the cap, so the cap follows the model and the machine both 
 
 from __future__ import annotations
 
-#: A larger batch is kept while its cost per row is within this fraction of the cheapest
-#: (Lite0's batch of 8 costs 9% more per image than one of 4: capped at 4).
-MARGIN = 0.05
+#: A larger batch is kept while its cost per row is within this fraction of the cheapest:
+#: above the noise of a busy machine (a few %), below what Lite0 loses at 8 rows rather than
+#: 4 (9-10%). Fewer, larger batches also cost the event loop less.
+MARGIN = 0.08
 #: Every this many batches, one tries the size class next to the cap.
 EXPLORE = 32
-#: Weight of the newest batch in a class's running mean.
+#: Weight of the newest batch in a class's running mean; of a trial of the class.
 _ALPHA = 0.2
+_TRIAL_WEIGHT = 0.5
 
 
 class BatchSize:
@@ -59,13 +61,14 @@ class BatchSize:
         size = self._class(rows)
         previous = self._cost.get(size)
         per_row = seconds / rows
-        if previous is None or (self._trial is not None and size == self._class(self._trial)):
-            # A trial measures its class afresh: a mean kept from long ago would hold the cap
-            # where it is. If it was a lucky batch, the cap's class, run at every batch,
-            # soon says so.
+        if previous is None:
             self._cost[size] = per_row
         else:
-            self._cost[size] = (1 - _ALPHA) * previous + _ALPHA * per_row
+            # A trial weighs half: a mean kept from long ago would hold the cap where it is.
+            # If it was a lucky batch, the cap's class, run at every batch, soon says so.
+            trial = self._trial is not None and size == self._class(self._trial)
+            weight = _TRIAL_WEIGHT if trial else _ALPHA
+            self._cost[size] = (1 - weight) * previous + weight * per_row
         self._trial = None
         self.cap = self._best()
         self._batches += 1
