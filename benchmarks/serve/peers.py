@@ -264,9 +264,16 @@ def wait_ready(launch: Launch, process: subprocess.Popen[bytes], log_path: Path)
 
 
 def launch_ours(repository: Path, port: int, *extra: str) -> Launch:
+    import shipyard
+
     command = [sys.executable, "-m", "shipyard", "serve", str(repository), "--port", str(port)]
+    # The server runs the shipyard this script imported (PYTHONPATH=src in a worktree), not
+    # whichever the interpreter would find from the server's working folder.
+    code = f"{Path(shipyard.__file__).resolve().parents[1]}{os.pathsep}{PEER_CODE}"
     return Launch(
-        [*command, "--log-level", "warning", *extra], f"http://127.0.0.1:{port}/v2/health/ready"
+        [*command, "--log-level", "warning", *extra],
+        f"http://127.0.0.1:{port}/v2/health/ready",
+        env={"PYTHONPATH": code},
     )
 
 

@@ -167,3 +167,39 @@ def test_close_drains_queued_requests_across_instances(packages: Path) -> None:
             np.testing.assert_allclose(result["logits"], expected, atol=1e-5)
     batches, rows = _batches(metrics)
     assert rows == 10 and batches >= 3  # at most 4 rows per batch
+
+
+class Quadratic:
+    """A real ONNX Runtime session whose batches cost more per row the more rows they hold,
+    as a convolutional net's do on a 1-thread CPU instance (exaggerated: 2 ms x rows²)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.signature = session.signature
+        self.sizes: list[int] = []  # rows of each batch, in order
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(feeds["x"])
+        self.sizes.append(rows)
+        time.sleep(0.002 * rows * rows)
+        return self.session.run(feeds)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def test_batches_shrink_to_the_size_cheapest_per_row(packages: Path) -> None:
+    artifact = load_package(packages / "tiny" / "1").artifacts[0]
+    session = Quadratic(shipyard.open_session(artifact, threads=1))
+    batcher = Batcher([session], ServingConfig(max_batch_size=8))  # type: ignore[list-item]
+
+    async def run() -> None:
+        batcher.start()
+        for wave in range(12):  # a request alone, then 7 at once
+            await batcher.infer(_x(1, seed=wave))
+            await asyncio.gather(*(batcher.infer(_x(1, seed=i)) for i in range(7)))
+        await batcher.close()
+
+    asyncio.run(run())
+    assert session.sizes[:4] == [1, 7, 1, 7]  # batches as large as the queue, until measured
+    assert max(session.sizes[-24:]) <= 2  # then one row (a trial of two now and then)

@@ -6,7 +6,9 @@ waiting, a preferred batch size can be formed, or the oldest request has waited
 ``max_queue_delay_ms``. Inference runs in a thread pool with one worker per instance (ONNX
 Runtime releases the GIL), so the next batch forms while the current one runs. A request that
 finds the queue empty and every instance idle runs on the event loop instead when the model is
-faster than the thread hop (``inline_below_ms``).
+faster than the thread hop (``inline_below_ms``). Batches take at most the number of rows
+measured cheapest per row (:mod:`shipyard.serve.batch_size`): up to ``max_batch_size``, fewer
+when larger batches of this model cost more per row on this machine.
 
 Requests may carry several rows (a batch of 3); they are concatenated along axis 0 and the
 outputs are split back by row offsets (views, no copy). Requests whose non-batch dynamic
@@ -35,6 +37,7 @@ import numpy as np
 
 from shipyard.errors import BackendError
 from shipyard.runtimes.base import Session
+from shipyard.serve.batch_size import BatchSize
 from shipyard.serve.errors import (
     BadRequest,
     ModelNotReady,
@@ -161,6 +164,19 @@ class Batcher:
         self._padding = _paddable(self.signature, self._varying, padding)
         if self._padding:  # every length may share a batch: padded in _run
             self._varying = []
+        # Rows per batch, up to max_batch_size, at the size measured cheapest per row. Not
+        # with padding: there a batch's cost follows its longest text more than its rows.
+        self._size = (
+            BatchSize(self.max_batch_size)
+            if self.max_batch_size > 1 and not self._padding
+            else None
+        )
+        # What a batch costs: the CPU time of its thread on a 1-thread CPU session, where
+        # the wall clock also counts the machine's other work; else the wall clock.
+        cpu_bound = all(
+            getattr(s, "device", None) == "cpu" and getattr(s, "threads", 0) == 1 for s in sessions
+        )
+        self._clock = time.thread_time if cpu_bound else time.perf_counter
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -291,24 +307,25 @@ class Batcher:
             return 1, 0.0
         if self._closing:
             return self.max_batch_size, 0.0
-        rows = self._compatible_rows()
-        if rows >= self.max_batch_size:
-            return self.max_batch_size, 0.0
+        limit = self._size.limit if self._size is not None else self.max_batch_size
+        rows = self._compatible_rows(limit)
+        if rows >= limit:
+            return limit, 0.0
         for size in self._preferred:
-            if rows >= size:
+            if size <= limit and rows >= size:
                 return size, 0.0
         waited = time.perf_counter() - self._queue[0].enqueued
-        return self.max_batch_size, self._delay - waited
+        return limit, self._delay - waited
 
-    def _compatible_rows(self) -> int:
-        """Rows that could join the oldest request's batch (stops counting at the cap)."""
+    def _compatible_rows(self, cap: int) -> int:
+        """Rows that could join the oldest request's batch (stops counting at ``cap``)."""
         if not self._varying:
             return self._queued_rows
         head_key, rows = self._queue[0].key, 0
         for pending in self._queue:
             if pending.key == head_key and not pending.future.done():
                 rows += pending.rows
-                if rows >= self.max_batch_size:
+                if rows >= cap:
                     break
         return rows
 
@@ -350,11 +367,13 @@ class Batcher:
         done = self._executor.submit(self._run, session, batch)
         done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, session, batch, f))
 
-    def _run(self, session: Session, batch: list[_Pending]) -> tuple[list[Outputs], float]:
-        """Worker thread: concatenate, run once, split the outputs back per request."""
-        started = time.perf_counter()
+    def _run(self, session: Session, batch: list[_Pending]) -> tuple[list[Outputs], float, float]:
+        """Worker thread: concatenate, run once, split the outputs back per request; with
+        the seconds it took and its cost in seconds of ``self._clock``."""
+        started, spent = time.perf_counter(), self._clock()
         if len(batch) == 1:
-            return [session.run(batch[0].feeds)], time.perf_counter() - started
+            results = [session.run(batch[0].feeds)]
+            return results, time.perf_counter() - started, self._clock() - spent
         parts = [p.feeds for p in batch]
         if self._padding:
             parts = _pad_to_longest(parts, self._padding)
@@ -372,13 +391,13 @@ class Batcher:
             stop = start + pending.rows
             results.append({name: array[start:stop] for name, array in outputs.items()})
             start = stop
-        return results, time.perf_counter() - started
+        return results, time.perf_counter() - started, self._clock() - spent
 
     def _finish(
         self,
         session: Session,
         batch: list[_Pending],
-        done: ConcurrentFuture[tuple[list[Outputs], float]],
+        done: ConcurrentFuture[tuple[list[Outputs], float, float]],
     ) -> None:
         self._free.append(session)
         self._running -= 1
@@ -389,13 +408,16 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
-        results, seconds = done.result()
+        results, seconds, cost = done.result()
         if len(batch) == 1:  # what the inline path would cost
             previous = self._single if self._single != float("inf") else seconds
             self._single = 0.8 * previous + 0.2 * seconds
+        rows = sum(p.rows for p in batch)
+        if self._size is not None:
+            self._size.observe(rows, cost)
         if self._metrics is not None:
             self._metrics.compute_time.observe(seconds)
-            self._metrics.batch_size.observe(sum(p.rows for p in batch))
+            self._metrics.batch_size.observe(rows)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)

@@ -91,7 +91,8 @@ class EncodedImages:
         parts = await asyncio.gather(
             *(loop.run_in_executor(POOL, self._one, images, i) for i in range(images.size))
         )
-        return {**inputs, self.input: np.concatenate(parts)}
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)  # one: no copy
+        return {**inputs, self.input: batch}
 
 
 def encoded_inputs(inputs: Mapping[str, np.ndarray]) -> list[str]:
