@@ -11,11 +11,11 @@ One run builds each model's package (random weights), then serves it, one server
   handler, ``@serve.batch(16, 5 ms)``, 1 replica), run with this interpreter (the ``ray``
   extra pins the same Ray 2.60.0 as the peer's own environment).
 
-Each is checked for correct logits first (8 concurrent inputs), then driven with load.py's
-keep-alive client: batch-1 V2 JSON requests at each concurrency for ``--seconds`` after a
-warm-up, recording req/s, p50/p99 and the server's CPU per request (its whole process tree:
-for Ray, every Ray process it started). Load averages before and after go with the table:
-other processes share this machine. Usage::
+Each is checked for correct logits first (8 concurrent inputs), then driven by wrk
+(``--client ours``: load.py's keep-alive client): batch-1 V2 JSON requests at each
+concurrency for ``--seconds`` after a warm-up, recording req/s, p50/p99 and the server's
+CPU per request (its whole process tree: for Ray, every Ray process it started). Load
+averages before and after go with the table: other processes share this machine. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/serve/ray_engine.py [--concurrency 1,8,32]
         [--seconds 8] [--servers ours,ray1,ray2,proxy1,rayserve] [--models digits,resnet18]
@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--peer-delay-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--client", choices=("wrk", "ours"), default="wrk", help="as peers.py's --client"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.levels = [int(c) for c in args.concurrency.split(",")]
