@@ -239,11 +239,12 @@ def main() -> None:
             log = work / "mlserver.log"
             with peers.running(launch, peer_dir, log) as process:
                 peers.wait_ready(launch, process, log)
+                print("mlserver (base64 BYTES, custom runtime)", flush=True)
                 requests = [base64_request(port, "images", image) for image in images]
                 result["mlserver"] = load(port, requests, levels, args.seconds, args.client)
                 result["mlserver_versions"] = peers.peer_versions(MLSERVER_IMAGES, python)
-            print(f"mlserver: {result['mlserver']}", flush=True)
     result["loadavg_end"] = os.getloadavg()
+    print(f"load average: start {result['loadavg_start']}, end {result['loadavg_end']}")
     runs = [result["ours"], *([result["ours_workers"]] if "ours_workers" in result else [])]
     tops = [{level["concurrency"]: level for level in run} for run in runs]
     top = max(tops, key=lambda t: t[max(t)]["images_per_s"])
