@@ -558,10 +558,10 @@ def measure_model(
                 metrics = who.startswith("ours")
                 entry["levels"] = load_levels(who, process, port, request, args, metrics)
                 servers.append(entry)
-                if who == "ours" and args.binary:
+                if who in ours and args.binary:  # the same server, binary tensors
                     binary = request_bytes(port, model, x, binary=True)
-                    levels = load_levels("ours (binary)", process, port, binary, args, True)
-                    servers.append({"server": "ours (binary)", **shape, "levels": levels})
+                    levels = load_levels(f"{who} (binary)", process, port, binary, args, True)
+                    servers.append({"server": f"{who} (binary)", **shape, "levels": levels})
             shutil.rmtree(workdir, ignore_errors=True)
     shutil.rmtree(folder / "repo", ignore_errors=True)
     return {
@@ -744,7 +744,9 @@ def main() -> None:
         "--peer-delay-ms", type=float, default=5.0, help="the peers' batch wait (they need one)"
     )
     parser.add_argument(
-        "--binary", action="store_true", help="also load ours with binary tensors (extra row)"
+        "--binary",
+        action="store_true",
+        help="also load each of ours with binary tensors (an extra row each)",
     )
     parser.add_argument(
         "--client",
