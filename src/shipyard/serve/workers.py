@@ -92,6 +92,24 @@ def _worker(
     run(**options, sockets=[sock], link=link)
 
 
+def _listeners(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on ``host:port`` (the first one picks the port when it is
+    0), each a worker's own, joined by ``SO_REUSEPORT``: the kernel spreads connections over
+    them by their addresses. One shared socket let whichever worker woke first accept a burst:
+    at c=64, two workers served no more than one (wrk, benchmarks/serve/peers.py)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        port = sock.getsockname()[1]
+        sock.listen(2048)
+        socks.append(sock)
+    return socks
+
+
 def run_workers(
     workers: int,
     host: str,
@@ -102,11 +120,7 @@ def run_workers(
     """Bind ``host:port``, start ``workers`` processes running ``run(**options, sockets=...,
     link=...)``, forward signals to them, restart one that dies, return when all have
     stopped. ``run`` and ``options`` must be picklable (module-level functions, plain data)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    socks = _listeners(host, port, workers)
     folder = tempfile.mkdtemp(prefix="shipyard-workers-")
     metrics = Path(folder) / "metrics"
     metrics.mkdir()
@@ -119,7 +133,7 @@ def run_workers(
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
             target=_worker,
-            args=(index, sock, folder, run, options),
+            args=(index, socks[index], folder, run, options),
             name=f"shipyard-worker-{index}",
         )
         process.start()
@@ -160,7 +174,8 @@ def run_workers(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sock.close()
+        for sock in socks:
+            sock.close()
         shutil.rmtree(folder, ignore_errors=True)
     if failed:
         raise SystemExit(failed[0])
