@@ -85,7 +85,7 @@ class WorkerLink:
 def _worker(
     index: int, sock: socket.socket, folder: str, run: Callable[..., None], options: dict
 ) -> None:
-    """A worker process: the whole server, on the shared socket."""
+    """A worker process: the whole server, on its own socket of the shared port."""
     link = WorkerLink(Path(folder), index)
     if index != 0:
         options = {**options, "on_loaded": None}  # the first worker prints the table
