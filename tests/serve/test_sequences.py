@@ -278,6 +278,8 @@ def test_worker_processes_refuse_a_stateful_model(package: Path, tmp_path: Path)
     process = _serve(str(root), "--port", str(port), "--workers", "2")
     url = f"http://127.0.0.1:{port}"
 
+    seen: list[dict[str, Any]] = []
+
     def index() -> list[dict[str, Any]] | None:
         if process.poll() is not None:
             raise AssertionError(f"shipyard serve exited: {process.communicate()[1]}")
@@ -285,12 +287,15 @@ def test_worker_processes_refuse_a_stateful_model(package: Path, tmp_path: Path)
             rows = httpx.post(f"{url}/v2/repository/index", json={}, timeout=2).json()
         except httpx.TransportError:
             return None
-        return rows if rows and rows[0].get("state") == "UNAVAILABLE" else None
+        # a worker still loading answers UNAVAILABLE "not loaded": wait for the refusal
+        if rows and "without --workers" in rows[0].get("reason", ""):
+            seen[:] = rows
+        return rows if seen else None
 
     try:
         wait_for(index, timeout=120, what="the stateful version to be refused")
-        (row,) = index() or []
-        assert "without --workers" in row["reason"], row
+        (row,) = seen
+        assert row["state"] == "UNAVAILABLE", row
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
