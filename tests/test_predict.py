@@ -150,6 +150,7 @@ def test_ray_data_gives_the_single_process_results(
     for part in range(3):
         table = to_table({"x": rows[part * 100 : (part + 1) * 100]})
         pq.write_table(table, tmp_path / "rows" / f"part-{part}.parquet")
+    (tmp_path / "rows" / "_SUCCESS").write_text("")  # as Spark leaves beside its files
     # Batches of 100 rows on both paths: ONNX Runtime's reductions (the rows model's mean)
     # may round the last bit differently when the same rows run in other batch sizes.
     for model, data, output in [("digits", "x.npy", "logits"), ("rows", "rows", "stats")]:

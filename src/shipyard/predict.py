@@ -30,7 +30,15 @@ from shipyard.errors import DataError, InputError
 from shipyard.package import Package, load_package
 from shipyard.predict_inputs import is_tensor_file, open_input
 from shipyard.runtimes import open_session
-from shipyard.tabular import ChunkWriter, count_rows, file_format, from_table, read_chunks, to_table
+from shipyard.tabular import (
+    ChunkWriter,
+    count_rows,
+    file_format,
+    from_table,
+    parquet_files,
+    read_chunks,
+    to_table,
+)
 
 ENGINES = ("process", "ray")
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
@@ -229,7 +237,7 @@ def _predict_ray(
         context.execution_options.preserve_order = True  # rows in the input's order
         context.enable_progress_bars = sys.stderr.isatty()  # Ray Data's own bars
         if kind == ".parquet":
-            dataset = ray.data.read_parquet(str(data)).select_columns(list(names))
+            dataset = ray.data.read_parquet(parquet_files(data)).select_columns(list(names))
             batch_format = "pyarrow"
         elif kind == ".npy":
             dataset, batch_format = ray.data.read_numpy(str(data)), "numpy"

@@ -113,12 +113,17 @@ def count_rows(path: Path, names: Sequence[str]) -> int:
 def _parquet(path: Path) -> Any:
     """A Parquet file or folder as a pyarrow dataset (a folder's ``*.parquet`` files, in name
     order, beside whatever else it holds); DataError for a file that is not Parquet."""
-    pa = _pyarrow()
-    files = [str(path)]
-    if path.is_dir():
-        files = [str(f) for f in sorted(path.rglob("*.parquet")) if not f.name.startswith(".")]
     with _named(path):
-        return pa.dataset.dataset(files, format="parquet")
+        return _pyarrow().dataset.dataset(parquet_files(path), format="parquet")
+
+
+def parquet_files(path: Path) -> list[str]:
+    """The Parquet files of ``path`` in the order their rows are read: the file itself, or a
+    folder's ``*.parquet`` files (subfolders too, hidden ones left out) by name. Both engines
+    read this list, so a folder's rows come in the same order whoever reads them."""
+    if not path.is_dir():
+        return [str(path)]
+    return [str(f) for f in sorted(path.rglob("*.parquet")) if not f.name.startswith(".")]
 
 
 @contextlib.contextmanager
