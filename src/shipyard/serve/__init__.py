@@ -80,7 +80,7 @@ def run_server(
     (see :func:`~shipyard.serve.app.create_app`).
     Raises RepositoryError (one line, saying what to pass or what failed) when ``repository``
     is not a folder, or with ``strict``, before serving anything.
-        ``workers``: serve from this many processes on the one port (each with its own sessions
+    ``workers``: serve from this many processes on the one port (each with its own sessions
     and batchers; see :mod:`shipyard.serve.workers`); ``on_loaded`` must then be picklable.
     """
     options: dict[str, Any] = dict(
