@@ -57,6 +57,9 @@ from shipyard.serving import ServingConfig
 from shipyard.stateful import Stepper
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "serve"))
+from load import read_response  # noqa: E402  (benchmarks/serve/load.py)
+
 RECIPE = HERE.parent / "examples" / "vad" / "recipe.yaml"
 PERIOD = 512 / 16_000  # seconds of audio per chunk: a real-time stream sends one this often
 
@@ -165,13 +168,7 @@ async def http_stream(
             await _pace(due)
             chunk = chunks[index % len(chunks)][None]
             writer.write(_http_request(port, key, chunk, index == 0, index == last))
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
+            head, _ = await read_response(reader)
             out["latencies"].append(time.perf_counter() - due)
             out["errors"] += not head.startswith(b"HTTP/1.1 200")
     finally:

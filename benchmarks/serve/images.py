@@ -44,6 +44,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import peers  # noqa: E402
+from load import read_response  # noqa: E402
 from wrk import drive_wrk  # noqa: E402
 
 import shipyard  # noqa: E402
@@ -140,13 +141,7 @@ async def drive(port: int, requests: list[bytes], concurrency: int, seconds: flo
             while time.perf_counter() < stop:
                 started = time.perf_counter()
                 writer.write(requests[i % len(requests)])
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+                head, _ = await read_response(reader)
                 status = head.split(b" ", 2)[1].decode()
                 statuses[status] = statuses.get(status, 0) + 1
                 latencies.append(time.perf_counter() - started)

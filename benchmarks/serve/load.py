@@ -101,6 +101,17 @@ def request_bytes(
     return headers.encode() + body
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response off a keep-alive connection: its head and its body (read by
+    Content-Length; none: empty)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await reader.readexactly(length)
+
+
 async def _worker(port: int, request: bytes, stop: float, latencies: list[float]) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     errors = 0
@@ -108,12 +119,7 @@ async def _worker(port: int, request: bytes, stop: float, latencies: list[float]
         while time.perf_counter() < stop:
             started = time.perf_counter()
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+            head, _ = await read_response(reader)
             latencies.append(time.perf_counter() - started)
             if not head.startswith(b"HTTP/1.1 200"):
                 errors += 1

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import build_repository, request_bytes, start_server
+from load import build_repository, read_response, request_bytes, start_server
 
 from shipyard.hardware import hardware_fingerprint
 
@@ -53,13 +53,7 @@ async def _connection(port: int, requests: list[tuple[bytes, int]], count: int, 
             for _ in range(min(reopen, count - sent)):
                 request, expected = requests[sent % len(requests)]
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+                head, _ = await read_response(reader)
                 status = int(head.split(b" ", 2)[1])
                 tally["ok" if status == expected else "unexpected"] += 1
                 sent += 1
