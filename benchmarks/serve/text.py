@@ -3,9 +3,9 @@ the same all-MiniLM-L6-v2 folder, at each concurrency, in one run.
 
 Builds ``examples/minilm/recipe.yaml`` (fp32 and int8 ONNX, tokenizer in the package) into a
 temporary repository (batches up to 32 texts, 1 instance, 1 thread), then, one server at a
-time, drives it with images.py's asyncio keep-alive client, one real text per request
-(held-out Rotten Tomatoes snippets, median 27 tokens, cycled through 256 of them), V2 JSON,
-2 s of warm-up then ``--seconds`` per level:
+time, drives it with wrk (one thread, every status checked; ``--client ours``: images.py's
+asyncio keep-alive client), one real text per request (held-out Rotten Tomatoes snippets,
+median 27 tokens, 256 of them in turn), V2 JSON, 2 s of warm-up then ``--seconds`` per level:
 
 - ours-int8 and ours-fp32: ``shipyard serve`` (the package's int8 artifact, then its fp32
   one), input ``text`` BYTES, answered with the 384-float ``sentence_embedding``;
@@ -56,6 +56,7 @@ sys.path.insert(0, str(HERE))
 import peers  # noqa: E402
 from images import drive  # noqa: E402
 from load import batch_stats  # noqa: E402
+from wrk import drive_wrk  # noqa: E402
 
 import shipyard  # noqa: E402
 from shipyard.hardware import hardware_fingerprint  # noqa: E402
@@ -177,8 +178,8 @@ def ceiling(package: Path, sample: list[str], seconds: float) -> float:
 def measure(
     process: Any, port: int, requests: list[bytes], args: Any, ours: bool
 ) -> list[dict[str, Any]]:
-    """images.py's asyncio keep-alive client, cycling through ``requests``, at each level after
-    a 2 s warm-up. Per level also: the server's CPU per text (its whole process tree), this
+    """wrk (or images.py's asyncio client), cycling through ``requests``, at each level after
+    a 2 s warm-up. Per level also: the server's CPU per text (its whole process tree), the
     client's, the cores the rest of the machine kept busy meanwhile (``other_cores``: another
     job on the machine shows up there), the load average and hardware fingerprint after the
     level and, for ours, the mean batch the server formed."""
@@ -190,12 +191,24 @@ def measure(
         server, client = peers.cpu_seconds(family), time.process_time()
         machine, batches = psutil.cpu_times(), batch_stats(port) if ours else None
         started = time.perf_counter()
-        row = asyncio.run(asyncio.wait_for(drive(port, requests, concurrency, args.seconds), limit))
+        if args.client == "wrk":  # every text in turn; wrk counts the answers other than 2xx
+            row = drive_wrk(port, requests, concurrency, args.seconds)
+            row["texts_per_s"], count = row.pop("req_per_s"), row["requests"]
+            row["statuses"] = {"200": count - row["non_2xx"], "other": row["non_2xx"]}
+            if row["errors"] - row["non_2xx"]:
+                row["statuses"]["socket errors"] = row["errors"] - row["non_2xx"]
+            row["statuses"] = {k: v for k, v in row["statuses"].items() if v}
+        else:
+            row = asyncio.run(
+                asyncio.wait_for(drive(port, requests, concurrency, args.seconds), limit)
+            )
+            row["texts_per_s"], count = row.pop("images_per_s"), sum(row["statuses"].values())
         wall, after = time.perf_counter() - started, psutil.cpu_times()
-        server, client = peers.cpu_seconds(family) - server, time.process_time() - client
+        server = peers.cpu_seconds(family) - server
+        client = time.process_time() - client
+        if args.client == "wrk":
+            client = row["client_cpu_us"] * count / 1e6
         busy = sum(getattr(after, k) - getattr(machine, k) for k in ("user", "system", "nice"))
-        count = sum(row["statuses"].values())
-        row["texts_per_s"] = row.pop("images_per_s")
         row["server_cpu_us"] = server / count * 1e6
         row["client_cpu_us"] = client / count * 1e6
         row["other_cores"] = (busy - server - client) / wall
@@ -294,6 +307,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--peer-workers", default="1,0", help="MLServer parallel_workers")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "ours"),
+        default="wrk",
+        help="load generator: wrk (every text in turn, every status checked) or images.py's",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.levels = [int(c) for c in args.concurrency.split(",")]

@@ -2,11 +2,11 @@
 status, and is not ours (issue: our own client read no response body and measured itself).
 
 ``drive_wrk(port, request, concurrency, seconds)`` sends the same request (load.py's bytes:
-request line, headers, body) over ``concurrency`` keep-alive connections from one wrk thread,
-with ``--latency``; returns load.py's keys (req/s, p50/p99 ms, errors = non-2xx/3xx answers,
-connect/read/write errors and timeouts) plus the CPU that wrk itself and the whole machine used
-per request. wrk is Debian's package (``apt-get install wrk``); :func:`ensure_wrk` installs it
-when missing and apt is there.
+request line, headers, body), or several in turn, over ``concurrency`` keep-alive connections
+from one wrk thread, with ``--latency``; returns load.py's keys (req/s, p50/p99 ms, errors =
+non-2xx/3xx answers, connect/read/write errors and timeouts) plus the CPU that wrk itself and
+the whole machine used per request. wrk is Debian's package (``apt-get install wrk``);
+:func:`ensure_wrk` installs it when missing and apt is there.
 """
 
 from __future__ import annotations
@@ -23,12 +23,23 @@ from typing import Any
 import psutil
 
 _SCRIPT = """
-local f = assert(io.open("{body}", "rb"))
+local bodies = {{}}
+for _, name in ipairs({{{bodies}}}) do
+  local f = assert(io.open(name, "rb"))
+  bodies[#bodies + 1] = f:read("*all")
+  f:close()
+end
 wrk.method = "{method}"
 wrk.path = "{path}"
-wrk.body = f:read("*all")
-f:close()
+wrk.body = bodies[1]
 {headers}
+local turn = 0
+if #bodies > 1 then
+  request = function()
+    turn = turn % #bodies + 1
+    return wrk.format(nil, nil, nil, bodies[turn])
+  end
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -73,17 +84,26 @@ def _cpu_busy() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def drive_wrk(port: int, request: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
+def drive_wrk(
+    port: int, request: bytes | list[bytes], concurrency: int, seconds: float
+) -> dict[str, Any]:
     """One wrk run; load.py's result keys plus ``client_cpu_us`` and ``machine_cpu_us`` per
-    request (user + system CPU of wrk, and of every process on the machine)."""
+    request (user + system CPU of wrk, and of every process on the machine). Several
+    ``request``s (same method, path and headers; other bodies) are sent in turn."""
     binary = ensure_wrk()
-    method, path, headers, body = _split(request)
+    requests = request if isinstance(request, list) else [request]
+    method, path, headers, _ = _split(requests[0])
     with tempfile.TemporaryDirectory() as folder:
-        body_file = Path(folder) / "body"
-        body_file.write_bytes(body)
+        names = []
+        for index, one in enumerate(requests):
+            body_file = Path(folder) / f"body{index}"
+            body_file.write_bytes(_split(one)[3])
+            names.append(f'"{body_file}"')
         lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
         script = Path(folder) / "request.lua"
-        script.write_text(_SCRIPT.format(body=body_file, method=method, path=path, headers=lines))
+        script.write_text(
+            _SCRIPT.format(bodies=", ".join(names), method=method, path=path, headers=lines)
+        )
         before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy = _cpu_busy()
         run = subprocess.run(
