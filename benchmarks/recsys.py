@@ -10,15 +10,17 @@ builds ``examples/recsys/recipe.yaml`` (the trained DLRM, exported to ONNX, vali
    (AUC, its drop, log-loss) and benchmarks them all interleaved at batch 1 and 256;
 2. measures the ceiling: the served ONNX file in-process (ONNX Runtime, 1 thread) at each N;
 3. starts ``python -m shipyard serve`` in its own process (1 instance, 1 thread, batches up
-   to 1,024 rows, no queue delay) and drives it with ``benchmarks/serve/load.py``'s keep-alive
-   client: binary-tensor requests of one user against N candidates, ``--concurrency``
-   clients, ``--seconds`` per N; rows/s = requests/s × N, and its ratio to the ceiling.
+   to 1,024 rows, no queue delay) and drives it with wrk (``benchmarks/serve/wrk.py``: a C
+   client that costs little CPU and checks every status; ``--client ours`` for load.py's
+   keep-alive asyncio client): binary-tensor requests of one user against N candidates,
+   ``--concurrency`` connections, ``--seconds`` per N; rows/s = requests/s × N, and its ratio
+   to the ceiling.
 
 The client runs on the same machine as the server (and here, other people's jobs): the load
 averages are printed beside every phase, with the hardware fingerprint. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/recsys.py [--counts 1,256] [--concurrency 8]
-        [--seconds 10] [--json out.json]
+        [--seconds 10] [--client wrk|ours] [--json out.json]
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from shipyard.recipe import load_recipe
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "serve"))
 from load import batch_stats, drive, start_server  # noqa: E402
+from wrk import drive_wrk  # noqa: E402
 
 RECIPE = HERE.parent / "examples" / "recsys" / "recipe.yaml"
 PRESET_NAMES = ("dynamic_s8", "dynamic_s8_fp16_embeddings", "dynamic_s8_fp32_embeddings", "fp16")
@@ -163,8 +166,19 @@ def check_answer(port: int, package: Path) -> float:
 
 
 def serve_load(
-    folder: Path, package: Path, counts: list[int], concurrency: int, seconds: float, warmup: float
+    folder: Path,
+    package: Path,
+    counts: list[int],
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    client: str = "wrk",
 ) -> tuple[list[dict[str, Any]], float]:
+    def load(request: bytes, duration: float) -> dict[str, Any]:
+        if client == "wrk":
+            return drive_wrk(port, request, concurrency, duration)
+        return asyncio.run(drive(port, request, concurrency, duration))
+
     process, port = start_server(folder)
     server = psutil.Process(process.pid)
     rows = []
@@ -172,11 +186,13 @@ def serve_load(
         max_diff = check_answer(port, package)
         for count in counts:
             request = request_bytes(port, candidates(count))
-            asyncio.run(drive(port, request, concurrency, warmup))
+            load(request, warmup)
             before, cpu, load0 = batch_stats(port), server.cpu_times(), loadavg()
             client_cpu = time.process_time()
-            row = asyncio.run(drive(port, request, concurrency, seconds))
+            row = load(request, seconds)
             client_cpu = time.process_time() - client_cpu
+            if client == "wrk":  # wrk's own CPU, not this process's
+                client_cpu = row["client_cpu_us"] * row["requests"] / 1e6
             after, cpu_after = batch_stats(port), server.cpu_times()
             batches = after[0] - before[0]
             spent = (cpu_after.user + cpu_after.system) - (cpu.user + cpu.system)
@@ -206,6 +222,9 @@ def main() -> None:
     parser.add_argument("--ceiling-seconds", type=float, default=5.0)
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--instances", type=int, default=None, help="default: the recipe's")
+    parser.add_argument(
+        "--client", choices=["wrk", "ours"], default="wrk", help="the load generator"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -224,7 +243,13 @@ def main() -> None:
         roof = ceiling(package, sorted({*counts, 1024}), args.ceiling_seconds)
         load_after_ceiling = loadavg()
         served, max_diff = serve_load(
-            folder / "repository", package, counts, args.concurrency, args.seconds, args.warmup
+            folder / "repository",
+            package,
+            counts,
+            args.concurrency,
+            args.seconds,
+            args.warmup,
+            args.client,
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -240,6 +265,7 @@ def main() -> None:
         "served": served,
         "served_max_abs_vs_in_process": max_diff,
         "concurrency": args.concurrency,
+        "client": args.client,
         "serving": recipe.serve.model_dump(mode="json"),
         "seconds": args.seconds,
         "loadavg": {
@@ -271,7 +297,8 @@ def print_report(report: dict[str, Any]) -> None:
     settings = report["serving"]
     print(
         f"server: {settings['instances']} instance(s) × {settings['threads']} thread(s), batches "
-        f"up to {settings['max_batch_size']} rows, {settings['max_queue_delay_ms']:g} ms delay"
+        f"up to {settings['max_batch_size']} rows, {settings['max_queue_delay_ms']:g} ms delay; "
+        f"client: {report.get('client', 'ours')}"
     )
     for row in report["served"]:
         print(
