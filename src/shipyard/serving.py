@@ -91,8 +91,9 @@ class ServingConfig(_Strict):
     - ``max_queue_size``: queued requests beyond which new ones get 503 + Retry-After.
     - ``timeout_ms``: a request not answered within this gets 504 (None: no limit).
     - ``instances``: sessions run concurrently, each with ``threads`` threads.
-    - ``inline_below_ms``: a request that finds the queue empty and every instance idle runs
-      on the event loop itself, without the hop to an inference thread, when the model's
+    - ``inline_below_ms``: a request that finds the queue empty, every instance idle and no
+      other request arriving with it runs on the event loop itself, without the hop to an
+      inference thread, when the model's
       recent single-request runs took less than this (0 disables; so does a
       ``max_queue_delay_ms``, which asks requests to wait for others). The hop costs tens of
       microseconds, more than a small model's whole run.

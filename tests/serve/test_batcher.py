@@ -65,9 +65,11 @@ class Gated:
         self.signature = session.signature
         self.entered = threading.Event()  # set when a batch reached the session
         self.arrivals: list[float] = []  # perf_counter() when each batch reached it
+        self.threads: list[str] = []  # the thread that ran each batch
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.arrivals.append(time.perf_counter())
+        self.threads.append(threading.current_thread().name)
         self.entered.set()
         assert self.gate.wait(timeout=60), "the test never opened the gate"
         return self.session.run(feeds)
@@ -114,6 +116,59 @@ def test_requests_that_queue_while_the_instance_is_busy_share_a_batch(packages: 
     results = asyncio.run(run())
     assert [r["logits"].shape for r in results] == [(1, 10), (2, 10), (3, 10)]
     assert _batches(metrics) == (2, 6)  # 1 alone, then 2 + 3 together as they queued
+
+
+def test_the_inference_thread_takes_the_next_batch_itself(packages: Path) -> None:
+    """A thread done with a batch runs the next one due without waiting for the event loop:
+    here the loop is blocked (a synchronous wait) when the first batch ends, and the second
+    must still reach the session."""
+    batcher, metrics, gate = _gated(packages, max_batch_size=16, max_queue_delay_ms=0)
+    session = batcher._sessions[0]
+
+    async def run() -> tuple[bool, list[dict[str, np.ndarray]]]:
+        batcher.start()
+        first = asyncio.create_task(batcher.infer(_x(1, seed=0)))
+        await asyncio.to_thread(session.entered.wait, 30)  # the instance is busy with it
+        second = asyncio.create_task(batcher.infer(_x(2, seed=1)))
+        await _queued(batcher, 1)
+        session.entered.clear()
+        gate.set()
+        reached = session.entered.wait(timeout=30)  # blocks the loop: no dispatch from it
+        results = list(await asyncio.gather(first, second))
+        await batcher.close()
+        return reached, results
+
+    reached, results = asyncio.run(run())
+    assert reached, "the second batch waited for the event loop"
+    assert [r["logits"].shape for r in results] == [(1, 10), (2, 10)]
+    assert session.threads[0] == session.threads[1]
+    assert _batches(metrics) == (2, 3)
+
+
+def test_a_lone_request_runs_inline_and_requests_sent_together_share_a_batch(
+    packages: Path,
+) -> None:
+    batcher, metrics, gate = _gated(
+        packages, max_batch_size=16, max_queue_delay_ms=0, inline_below_ms=60_000
+    )
+    gate.set()
+    session = batcher._sessions[0]
+
+    async def run() -> list[dict[str, np.ndarray]]:
+        batcher.start()
+        await batcher.infer(_x(1))  # through a thread: measures what a run costs
+        await batcher.infer(_x(1))  # alone, and faster than the limit: on the loop
+        together = await asyncio.gather(*(batcher.infer(_x(1, seed=i)) for i in range(4)))
+        await batcher.close()
+        return list(together)
+
+    together = asyncio.run(run())
+    loop_thread = threading.current_thread().name  # asyncio.run's loop runs in this thread
+    assert [r["logits"].shape for r in together] == [(1, 10)] * 4
+    assert session.threads[0] != loop_thread
+    assert session.threads[1] == loop_thread
+    assert session.threads[2] != loop_thread
+    assert _batches(metrics) == (3, 6)  # 1, 1 inline, then the four together
 
 
 def test_queue_delay_counts_from_the_oldest_request(packages: Path) -> None:
