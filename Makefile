@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 PORT   ?= 8000
 
-.PHONY: venv demo test test-fast lint bench readme clean
+.PHONY: venv demo test test-fast lint bench bench-examples readme clean
 
 # recbole only for the MovieLens-100k files in its wheel (examples/recsys): --no-deps, on a
 # line of its own, since it pins ray<=2.6.3 and none of its dependencies is needed. Likewise
@@ -50,6 +50,13 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/runtime_vs_torch.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/optimize.py
+	$(MAKE) bench-examples
+
+# Speech and recommendation served: real-time streams within p99 20 ms (HTTP, gRPC), the
+# recommender's rows/s against its in-process ceiling, each artifact's F1 or AUC drop and size.
+bench-examples: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vad.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/recsys.py
 
 # The README's example outputs come from the code; `make test` fails when they drift.
 readme: $(STAMP)
