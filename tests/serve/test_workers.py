@@ -60,11 +60,18 @@ def test_both_workers_serve_and_metrics_add_up(workers: tuple[str, int, psutil.P
 def test_an_unload_asked_of_one_worker_reaches_every_worker(
     workers: tuple[str, int, psutil.Process],
 ) -> None:
-    url, _, _ = workers
-    assert httpx.post(f"{url}/v2/repository/models/tiny/unload").status_code == 200
-    wait_for(lambda: all(_fresh(url) != 200 for _ in range(20)), timeout=20, what="unloaded")
-    assert httpx.post(f"{url}/v2/repository/models/tiny/load").status_code == 200
-    wait_for(lambda: all(_fresh(url) == 200 for _ in range(20)), timeout=20, what="reloaded")
+    """A load or unload answers once every worker did it: the very next requests, on new
+    connections that the kernel spreads over both workers, all see it."""
+    url, grpc_port, _ = workers
+    assert httpx.post(f"{url}/v2/repository/models/tiny/unload", timeout=60).status_code == 200
+    assert [_fresh(url) for _ in range(20)] == [503] * 20  # not loaded, on every worker
+    assert httpx.post(f"{url}/v2/repository/models/tiny/load", timeout=60).status_code == 200
+    assert [_fresh(url) for _ in range(20)] == [200] * 20
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    client.unload_model("tiny")
+    assert [_fresh(url) for _ in range(20)] == [503] * 20  # not loaded, on every worker
+    client.load_model("tiny")
+    assert [_fresh(url) for _ in range(20)] == [200] * 20
 
 
 def test_grpc_shares_the_port_too(workers: tuple[str, int, psutil.Process]) -> None:

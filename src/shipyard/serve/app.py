@@ -108,10 +108,11 @@ class _Server:
 
     link: WorkerLink | None = None  # set when several workers serve (see serve.workers)
 
-    def announce(self, op: str, model: str) -> None:
-        """Tell the other workers about a load or unload this one was asked for."""
+    async def announce(self, op: str, model: str, failed: bool = False) -> None:
+        """Tell the other workers about a load or unload this one was asked for; returns once
+        every one did it too (see :meth:`WorkerLink.announce`)."""
         if self.link is not None:
-            self.link.publish(op, model)
+            await self.link.announce(op, model, failed)
 
     async def apply(self, op: str, model: str) -> None:
         """Another worker's load or unload, done here too."""
@@ -262,11 +263,12 @@ class _Server:
             raise BadRequest("loading with an override config or files is not supported")
         try:
             versions = await self.repository.load(name)
-        except LoadFailed as error:  # logged as startup and --watch log theirs
-            logger.warning("model %s: %s", name, error)
+        except Exception as error:
+            if isinstance(error, LoadFailed):  # logged as startup and --watch log theirs
+                logger.warning("model %s: %s", name, error)
+            await self.announce("load", name, failed=True)
             raise
-        finally:
-            self.announce("load", name)
+        await self.announce("load", name)
         return _json({"name": name, "versions": [str(v) for v in versions]})
 
     async def unload(self, request: Request) -> Response:
@@ -275,8 +277,10 @@ class _Server:
         await self._options(request)
         try:
             await self.repository.unload(name)
-        finally:
-            self.announce("unload", name)
+        except Exception:
+            await self.announce("unload", name, failed=True)
+            raise
+        await self.announce("unload", name)
         return _json({"name": name, "versions": []})
 
 

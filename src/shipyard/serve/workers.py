@@ -34,59 +34,130 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shipyard.serve.errors import InternalError
+
 logger = logging.getLogger(__name__)
 
 _LOG = "repository-ops.jsonl"
 _FOLLOW_SECONDS = 0.25  # how soon another worker applies a load or unload
+_ACK_SECONDS = 300.0  # the longest a load or unload waits for the other workers
+_ACK_POLL_SECONDS = 0.02
 _YOUNG_SECONDS = 10.0  # a worker that dies sooner after starting is not restarted
 
 
 class WorkerLink:
-    """One worker's end of the shared log of repository operations."""
+    """One worker's end of the shared log of repository operations.
 
-    def __init__(self, folder: Path, index: int) -> None:
-        self.path, self.index = folder / _LOG, index
-        self.seen = 0  # bytes of the log already applied
+    A worker asked to load or unload a model appends the operation (:meth:`publish`); every
+    other worker applies it (:meth:`follow`) and appends an acknowledgement, and the asking
+    worker answers its client only once all of them did (:meth:`wait`): after a load returns,
+    every worker serves the model, whichever one the next connection reaches.
+    """
 
-    def publish(self, op: str, model: str) -> None:
-        """Append ``op`` (``load`` or ``unload``) of ``model`` for the other workers."""
-        line = json.dumps({"worker": self.index, "op": op, "model": model}) + "\n"
+    def __init__(self, folder: Path, index: int, workers: int = 2) -> None:
+        self.path, self.index, self.workers = folder / _LOG, index, workers
+        self.seen = 0  # bytes of the log already read
+        self.ops: list[dict[str, Any]] = []  # other workers' operations, not yet applied
+        self.acks: dict[str, dict[int, str]] = {}  # operation id -> worker -> error ("": ok)
+        self._count = 0
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry) + "\n"
         with open(self.path, "a", encoding="utf-8") as log:
             fcntl.flock(log, fcntl.LOCK_EX)
             log.write(line)
             log.flush()
             fcntl.flock(log, fcntl.LOCK_UN)
 
-    def pending(self) -> list[dict[str, Any]]:
-        """The operations other workers appended since the last call."""
+    def publish(self, op: str, model: str) -> str:
+        """Append ``op`` (``load`` or ``unload``) of ``model`` for the other workers; returns
+        the operation's id, which :meth:`wait` takes."""
+        self._count += 1
+        ident = f"{self.index}-{os.getpid()}-{self._count}"
+        self._append({"id": ident, "worker": self.index, "op": op, "model": model})
+        return ident
+
+    def read(self) -> None:
+        """Take in what the log gained since the last call: operations and acknowledgements."""
         try:
             with open(self.path, encoding="utf-8") as log:
                 log.seek(self.seen)
                 text = log.read()
         except FileNotFoundError:
-            return []
+            return
         complete = text[: text.rfind("\n") + 1]  # a line being written waits for the next call
         self.seen += len(complete.encode())
-        ops = [json.loads(line) for line in complete.splitlines() if line]
-        return [op for op in ops if op.get("worker") != self.index]
+        for line in complete.splitlines():
+            entry = json.loads(line) if line else {}
+            if "ack" in entry:
+                self.acks.setdefault(entry["ack"], {})[entry["worker"]] = entry.get("error", "")
+            elif entry.get("op") and entry.get("worker") != self.index:
+                self.ops.append(entry)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The operations other workers appended since the last call."""
+        self.read()
+        ops, self.ops = self.ops, []
+        return ops
+
+    async def wait(self, ident: str, timeout: float = _ACK_SECONDS) -> dict[int, str]:
+        """Until every other worker acknowledged operation ``ident`` (or ``timeout`` s went
+        by: a worker that died and is being started again loads the repository itself).
+        Returns the errors other workers met, by worker."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.read()
+            acks = self.acks.get(ident, {})
+            if len(acks) >= self.workers - 1:
+                self.acks.pop(ident, None)
+                return {worker: error for worker, error in acks.items() if error}
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "worker %d: %s not acknowledged by every worker within %g s",
+                    self.index, ident, timeout,
+                )  # fmt: skip
+                return {}
+            await asyncio.sleep(_ACK_POLL_SECONDS)
+
+    async def announce(self, op: str, model: str, failed: bool = False) -> None:
+        """Publish ``op`` of ``model`` and wait until every other worker did it: the next
+        request finds the model loaded (or gone) whichever worker takes it. InternalError
+        naming the workers that could not, unless this one ``failed`` too (its own error is
+        then the answer)."""
+        errors = await self.wait(self.publish(op, model))
+        if errors and not failed:
+            said = "; ".join(
+                f"worker {worker}: {error}" for worker, error in sorted(errors.items())
+            )
+            raise InternalError(f"{op} of {model} done by this worker, not by every one: {said}")
 
     async def follow(self, apply: Callable[[str, str], Any]) -> None:
-        """Apply the other workers' operations as they appear (until cancelled)."""
+        """Apply the other workers' operations as they appear, acknowledging each (until
+        cancelled)."""
         self.pending()  # what was there before this worker started is in its own startup load
         while True:
             await asyncio.sleep(_FOLLOW_SECONDS)
             for op in self.pending():
+                error = ""
                 try:
                     await apply(op["op"], op["model"])
-                except Exception as error:  # the asking worker reported it to its client
+                except Exception as failure:  # the asking worker reports it to its client
+                    error = str(failure) or type(failure).__name__
                     logger.info("worker %d: %s %s: %s", self.index, op["op"], op["model"], error)
+                if "id" in op:
+                    self._append({"ack": op["id"], "worker": self.index, "error": error})
 
 
 def _worker(
-    index: int, sock: socket.socket, folder: str, run: Callable[..., None], options: dict
+    index: int,
+    sock: socket.socket,
+    folder: str,
+    run: Callable[..., None],
+    options: dict,
+    workers: int = 2,
 ) -> None:
     """A worker process: the whole server, on its own socket of the shared port."""
-    link = WorkerLink(Path(folder), index)
+    link = WorkerLink(Path(folder), index, workers)
     if index != 0:
         options = {**options, "on_loaded": None}  # the first worker prints the table
     run(**options, sockets=[sock], link=link)
@@ -133,7 +204,7 @@ def run_workers(
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
             target=_worker,
-            args=(index, socks[index], folder, run, options),
+            args=(index, socks[index], folder, run, options, workers),
             name=f"shipyard-worker-{index}",
         )
         process.start()

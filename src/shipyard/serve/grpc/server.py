@@ -78,7 +78,7 @@ class ServerState(Protocol):
 
     def not_ready_reason(self) -> str | None: ...
 
-    def announce(self, op: str, model: str) -> None: ...
+    async def announce(self, op: str, model: str, failed: bool = False) -> None: ...
 
 
 def code_of(status: int) -> grpc.StatusCode:
@@ -253,8 +253,10 @@ class InferenceService:
             raise BadRequest("loading with an override config or files is not supported")
         try:
             await self.repository.load(name)
-        finally:
-            self.state.announce("load", name)  # the other workers, when several serve
+        except Exception:
+            await self.state.announce("load", name, failed=True)  # the other workers, if any
+            raise
+        await self.state.announce("load", name)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
@@ -265,8 +267,10 @@ class InferenceService:
         name = check_name(request.model_name)
         try:
             await self.repository.unload(name)
-        finally:
-            self.state.announce("unload", name)
+        except Exception:
+            await self.state.announce("unload", name, failed=True)
+            raise
+        await self.state.announce("unload", name)
         return pb.RepositoryModelUnloadResponse()
 
 
