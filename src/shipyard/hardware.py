@@ -68,6 +68,20 @@ def _gpus() -> list[str] | None:
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (Linux), lowered by a cgroup v2
+    CPU quota (``cpu.max``, as a container limited to 1.5 CPUs has: 1), else ``os.cpu_count``."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def hardware_fingerprint() -> dict[str, Any]:
     """What a latency number depends on: CPU, ISA flags, cores, memory, OS, library versions.
 
@@ -76,14 +90,13 @@ def hardware_fingerprint() -> dict[str, Any]:
     /proc (macOS, Windows): the fields it cannot read fall back or become None.
     """
     model, isa = _cpuinfo()
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
     return {
         "cpu": model or platform.processor() or platform.machine() or None,
         "isa": isa,
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         # a container may be limited to fewer cores than the machine has
-        "usable_cores": len(affinity(0)) if affinity else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -299,3 +299,30 @@ def test_worker_processes_refuse_a_stateful_model(package: Path, tmp_path: Path)
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
+
+
+def test_the_default_serves_a_stateful_model_from_one_process(
+    package: Path, tmp_path: Path
+) -> None:
+    """--workers auto (the default) chooses one process for a repository with a stateful
+    model, says why, and the model serves."""
+    import signal
+
+    from shipyard.serve.worker_count import choose_workers
+    from tests.serve.test_command import _free_port, _serve, _wait_ready
+
+    root = _repository(package, tmp_path / "repo")
+    count, why = choose_workers(root)
+    assert count == 1
+    assert why == "auto: model 'vad' keeps state per sequence, in one process"
+    port = _free_port()
+    process = _serve(str(root), "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, url)
+        rows = httpx.post(f"{url}/v2/repository/index", json={}, timeout=10).json()
+        assert [(r["name"], r["state"]) for r in rows] == [("vad", "READY")]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    assert "keeps state per sequence, in one process" in " ".join(out.split())

@@ -4,7 +4,10 @@ leaves no process behind."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +18,8 @@ import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from tests.serve.conftest import add_version, metric, wait_for
-from tests.serve.test_command import BODY, _free_port, _serve, _wait_ready
+from tests.serve.conftest import add_version, metric
+from tests.serve.test_command import BODY, REPO, _free_port, _serve, _wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def test_both_workers_serve_and_metrics_add_up(workers: tuple[str, int, psutil.P
     after = metric(httpx.get(f"{url}/metrics").text, "shipyard_requests_total", status="200")
     assert after - before == 200  # one scrape of one worker counts both workers' requests
     used = [sum(p.cpu_times()[:2]) - busy[p.pid] for p in children if p.is_running()]
-    assert sum(u > 0.05 for u in used) >= 2, used  # at least two processes did the work
+    assert sum(u > 0.015 for u in used) >= 2, used  # two processes did work (idle: ~0)
 
 
 def test_an_unload_asked_of_one_worker_reaches_every_worker(
@@ -98,3 +101,77 @@ def test_sigterm_stops_every_worker(packages: Path, tmp_path: Path) -> None:
     while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
         assert time.monotonic() < deadline, "a worker outlived the server"
         time.sleep(0.05)
+
+
+def test_ctrl_c_from_a_terminal_drains_every_worker_quietly(packages: Path, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group: the workers leave it,
+    so each drains once (forwarded by the parent) instead of stopping at a second signal with
+    tracebacks; and a worker whose parent is killed stops too."""
+    add_version(packages, tmp_path, "tiny", 1)
+    port = _free_port()
+    command = [sys.executable, "-m", "shipyard", "serve", str(tmp_path), "--port", str(port)]
+    process = subprocess.Popen(  # its own process group, as a shell gives a command
+        [*command, "--workers", "2", "--log-level", "warning"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_ready(process, f"http://127.0.0.1:{port}")
+    children = [
+        c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())
+    ]
+    assert len(children) == 2
+    assert all(os.getpgid(c.pid) != os.getpgid(process.pid) for c in children)
+    os.killpg(os.getpgid(process.pid), signal.SIGINT)  # what a terminal does on Ctrl-C
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert "Traceback" not in stderr, stderr
+
+
+def test_a_worker_stops_when_its_parent_is_killed(packages: Path, tmp_path: Path) -> None:
+    add_version(packages, tmp_path, "tiny", 1)
+    port = _free_port()
+    process = _serve(str(tmp_path), "--port", str(port), "--workers", "2")
+    _wait_ready(process, f"http://127.0.0.1:{port}")
+    workers = [
+        c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())
+    ]
+    process.kill()
+    process.communicate(timeout=60)
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, "a worker outlived its killed parent"
+
+
+def test_auto_chooses_one_worker_per_core_or_one_process_and_says_why(
+    packages: Path, tmp_path: Path
+) -> None:
+    from shipyard.hardware import usable_cores
+    from shipyard.serve.worker_count import choose_workers
+
+    cores = usable_cores()
+    add_version(packages, tmp_path / "small", "tiny", 1)
+    count, why = choose_workers(tmp_path / "small")
+    if cores >= 2:
+        assert (count, why) == (cores, "auto: one per usable core")
+    else:
+        assert (count, why) == (1, "auto: one usable core")
+    wide = {"instances": max(cores, 2), "threads": 1}
+    add_version(packages, tmp_path / "wide", "tiny", 1, serving=wide)
+    count, why = choose_workers(tmp_path / "wide")
+    assert count == 1
+    assert why in (
+        f"auto: every model's instances × threads already use the {cores} cores",
+        "auto: one usable core",
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_workers_value_is_one_line(value: str, tmp_path: Path) -> None:
+    process = _serve(str(tmp_path), "--workers", value)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.strip().splitlines() == [
+        f"error: --workers {value}: give auto or a whole number of worker processes (1 or more)"
+    ]

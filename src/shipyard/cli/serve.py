@@ -101,12 +101,15 @@ def serve(
         int, typer.Option(help="Connections served at once; new requests get 503 beyond.")
     ] = 2048,
     workers: Annotated[
-        int,
+        str,
         typer.Option(
+            envvar="SHIPYARD_WORKERS",
             help="Server processes sharing the port, each with its own sessions and batchers "
-            "(one process and its GIL use about one core)."
+            "(one process and its GIL use about one core). auto: one per usable core, which "
+            "measured best; 1 for a stateful model, or when the models already use every "
+            "core or would not fit in memory that many times (the startup line says why).",
         ),
-    ] = 1,
+    ] = "auto",
     name: NameOpt = None,
     max_batch_size: MaxBatchOpt = None,
     max_queue_delay_ms: QueueDelayOpt = None,
@@ -140,12 +143,19 @@ def serve(
     from shipyard.serve import run_server
     from shipyard.serve.layout import find_layout, served_as
     from shipyard.serve.tls import Tls
+    from shipyard.serve.worker_count import choose_workers, parse_workers
 
     path = ray_engine.served_path(path, model_dir)
     ray_only = {"--replicas": replicas is not None, "--autoscale": autoscale is not None}
     ray_only |= {"--replica-cpus": replica_cpus is not None, "--address": bool(ray_address)}
     process_only = {"--grpc-port": grpc_port is not None, "--tls-cert": tls_cert is not None}
-    process_only |= {"--workers": workers != 1, "--verify-key": verify_key is not None}
+    try:
+        count = parse_workers(workers)
+    except ValueError:
+        raise InputError(
+            f"--workers {workers}: give auto or a whole number of worker processes (1 or more)"
+        ) from None
+    process_only |= {"--workers": count not in (None, 1), "--verify-key": verify_key is not None}
     ray_engine.check_engine(engine, ray_only, process_only)
 
     if (tls_cert is None) != (tls_key is None):
@@ -169,13 +179,14 @@ def serve(
     bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     address = f"{'https' if tls else 'http'}://{bracketed}:{port}"
 
-    if workers < 1:
-        raise InputError(f"--workers {workers}: give 1 or more worker processes")
-    extra = f" by {workers} worker processes" if workers > 1 else ""
-    show = partial(show_startup, address + extra, bracketed, tls is not None)
-
     def run(served: Path) -> None:
         target = served_as(find_layout(served), model_name) if model_name else served
+        processes, why = (count, "") if count is not None else (1, "")
+        if count is None and engine != "ray":
+            processes, why = choose_workers(served)
+        extra = f" by {processes} worker processes" if processes > 1 else ""
+        extra += f" ({why})" if why else ""
+        show = partial(show_startup, address + extra, bracketed, tls is not None)
         if engine == "ray":
             options: dict[str, Any] = {"replicas": replicas, "autoscale": autoscale}
             options["address"] = ray_address
@@ -202,7 +213,7 @@ def serve(
             body_timeout=body_timeout,
             max_connections=max_connections,
             verify_key=verify_key,
-            workers=workers,
+            workers=processes,
         )
 
     if not _is_model_file(path):

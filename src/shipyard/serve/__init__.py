@@ -160,6 +160,14 @@ def serve_one(
                 await app.server.start_loading()
             await super().serve(sockets)
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            # A drained stop is a clean one: uvicorn (0.29+) would raise the signal again once
+            # serve() returns, and SIGINT then cancels the lifespan with a traceback.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.drain is not None or self.should_exit or not hasattr(self, "loop"):
                 super().handle_exit(sig, frame)  # a second signal: stop now

@@ -136,6 +136,9 @@ class ServeMetrics:
     def forget(self, model: str, version: int) -> None:
         """Drop the queue-depth gauge of an unloaded version (its queue no longer exists)."""
         for gauge in (self.queue_depth, self.live_sequences):
+            if MULTIPROCESS:  # prometheus_client removes no child there; a zero adds nothing
+                gauge.labels(model, str(version)).set(0)
+                continue
             with contextlib.suppress(KeyError):
                 gauge.remove(model, str(version))
 

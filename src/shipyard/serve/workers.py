@@ -157,10 +157,27 @@ def _worker(
     workers: int = 2,
 ) -> None:
     """A worker process: the whole server, on its own socket of the shared port."""
+    _detach_from_terminal()
     link = WorkerLink(Path(folder), index, workers)
     if index != 0:
         options = {**options, "on_loaded": None}  # the first worker prints the table
     run(**options, sockets=[sock], link=link)
+
+
+def _detach_from_terminal() -> None:
+    """Leave the terminal's process group, so that Ctrl-C reaches the parent only (which
+    forwards it once: a worker signalled twice stops at once, without draining), and stop
+    when the parent dies (Linux), since no terminal signal reaches this process any more."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _listeners(host: str, port: int, count: int) -> list[socket.socket]:
