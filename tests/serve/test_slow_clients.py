@@ -101,7 +101,16 @@ def test_a_trickled_body_gets_408(url: str) -> None:
 
 def test_beyond_the_connection_cap_new_requests_get_503(packages: Path) -> None:
     port = _free_port()
-    process = _serve(str(packages / "tiny" / "1"), "--port", str(port), "--max-connections", "20")
+    # The cap is each worker process's: one process here, so that 25 connections exceed it.
+    process = _serve(
+        str(packages / "tiny" / "1"),
+        "--port",
+        str(port),
+        "--max-connections",
+        "20",
+        "--workers",
+        "1",
+    )
     address = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(process, address)

@@ -98,7 +98,10 @@ def serve(
         float, typer.Option(help="Answer 408 to a request whose body takes longer (s).")
     ] = 30.0,
     max_connections: Annotated[
-        int, typer.Option(help="Connections served at once; new requests get 503 beyond.")
+        int,
+        typer.Option(
+            help="Connections served at once by each worker process; new requests get 503 beyond."
+        ),
     ] = 2048,
     workers: Annotated[
         str,
@@ -184,9 +187,9 @@ def serve(
         processes, why = (count, "") if count is not None else (1, "")
         if count is None and engine != "ray":
             processes, why = choose_workers(served)
-        extra = f" by {processes} worker processes" if processes > 1 else ""
+        extra = f"; {processes} worker processes" if processes > 1 else "; one process" * bool(why)
         extra += f" ({why})" if why else ""
-        show = partial(show_startup, address + extra, bracketed, tls is not None)
+        show = partial(show_startup, address, bracketed, tls is not None, extra)
         if engine == "ray":
             options: dict[str, Any] = {"replicas": replicas, "autoscale": autoscale}
             options["address"] = ray_address
@@ -223,14 +226,15 @@ def serve(
         run(_package_for_serving(path, Path(temporary), name, serving))
 
 
-def show_startup(address: str, host: str, tls: bool, startup: Startup) -> None:
-    """The startup table (module level: a worker process receives it pickled)."""
+def show_startup(address: str, host: str, tls: bool, workers: str, startup: Startup) -> None:
+    """The startup table (module level: a worker process receives it pickled); ``workers``
+    says how many processes serve, and why."""
     from shipyard.cli import render_serving
 
     grpc = ""
     if startup.grpc_port is not None:
         grpc = f", gRPC{' (TLS)' if tls else ''} {host}:{startup.grpc_port}"
-    console.print(render_serving.serving(startup, f"serving on {address}{grpc}"))
+    console.print(render_serving.serving(startup, f"serving on {address}{grpc}{workers}"))
 
 
 def _is_model_file(path: Path) -> bool:

@@ -360,8 +360,10 @@ def create_app(
         grpc = watcher = follower = None
         loading = server.start_loading()  # run_server with strict has loaded already
         try:
-            if strict:
-                await loading  # no port opens before every model is in service
+            if strict or link is not None:
+                # No port opens before every model is in service. A worker's socket queues
+                # the connections the kernel gives it meanwhile: they wait, not 404.
+                await loading
             if grpc_port is not None:
                 from shipyard.serve.grpc.server import start_grpc_server
 

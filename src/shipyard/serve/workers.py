@@ -155,13 +155,25 @@ def _worker(
     run: Callable[..., None],
     options: dict,
     workers: int = 2,
+    errors: Any = None,
 ) -> None:
-    """A worker process: the whole server, on its own socket of the shared port."""
+    """A worker process: the whole server, on its own socket of the shared port. An error
+    that stops it (a strict refusal, a bad TLS file) goes to the parent through ``errors``,
+    which raises it as one server would: one line from the CLI, not a traceback per worker."""
     _detach_from_terminal()
     link = WorkerLink(Path(folder), index, workers)
     if index != 0:
         options = {**options, "on_loaded": None}  # the first worker prints the table
-    run(**options, sockets=[sock], link=link)
+    try:
+        run(**options, sockets=[sock], link=link)
+    except Exception as error:
+        if errors is None:
+            raise
+        try:
+            errors.put(error)
+        except Exception:  # an error that does not pickle: its text
+            errors.put(RuntimeError(f"{type(error).__name__}: {error}"))
+        raise SystemExit(2) from None
 
 
 def _detach_from_terminal() -> None:
@@ -217,11 +229,12 @@ def run_workers(
     stopping = False
     started: dict[int, float] = {}
     failed: list[int] = []
+    errors = context.SimpleQueue()  # what stopped a worker, raised here as one server's
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
             target=_worker,
-            args=(index, socks[index], folder, run, options, workers),
+            args=(index, socks[index], folder, run, options, workers, errors),
             name=f"shipyard-worker-{index}",
         )
         process.start()
@@ -266,4 +279,6 @@ def run_workers(
             sock.close()
         shutil.rmtree(folder, ignore_errors=True)
     if failed:
+        if not errors.empty():
+            raise errors.get()
         raise SystemExit(failed[0])
