@@ -112,7 +112,7 @@ def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], int, int]:
             ports.append(probe.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "shipyard", "serve", str(repository), "--port", str(ports[0])]
-    command += ["--grpc-port", str(ports[1]), "--log-level", "warning"]
+    command += ["--grpc-port", str(ports[1]), "--log-level", "warning", "--workers", "1"]
     process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -140,6 +140,12 @@ class Examples:
             + json.dumps(body, separators=(",", ":"))
         )
         table = table.replace(f":{port}", ":8000").replace(f"{self.folder}/", "")
+        # How many processes serve depends on the machine's cores: shown as on a 2-core one.
+        table = re.sub(
+            r"; (\d+ worker processes|one process) \(auto: [^)]*\)",
+            "; 2 worker processes (auto: one per usable core)",
+            table,
+        )
         started = "$ shipyard serve out\n" + table.rstrip()
         return f"{started}\n\n{curl}"
 

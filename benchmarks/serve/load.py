@@ -164,7 +164,8 @@ def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], int]:
         port = probe.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "shipyard", "serve", str(repository), "--port", str(port)]
-    process = subprocess.Popen([*command, "--log-level", "warning"], env=env)
+    # One process (the default, --workers auto, starts one per core).
+    process = subprocess.Popen([*command, "--log-level", "warning", "--workers", "1"], env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -270,6 +270,8 @@ def launch_ours(repository: Path, port: int, *extra: str) -> Launch:
     # The server runs the shipyard this script imported (PYTHONPATH=src in a worktree), not
     # whichever the interpreter would find from the server's working folder.
     code = f"{Path(shipyard.__file__).resolve().parents[1]}{os.pathsep}{PEER_CODE}"
+    if "--workers" not in extra:  # one process unless a row asks for more (default: auto)
+        extra = ("--workers", "1", *extra)
     return Launch(
         [*command, "--log-level", "warning", *extra],
         f"http://127.0.0.1:{port}/v2/health/ready",

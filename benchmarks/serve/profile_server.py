@@ -177,7 +177,7 @@ def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     http, rpc = free_port(), free_port()
     command = [
         sys.executable, "-m", "shipyard", "serve", str(repository), "--port", str(http),
-        "--grpc-port", str(rpc), "--log-level", "warning",
+        "--grpc-port", str(rpc), "--log-level", "warning", "--workers", "1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
