@@ -12,8 +12,9 @@ import torch
 
 import shipyard
 from shipyard.passes.export import export_onnx
-from shipyard.serve.batcher import Batcher, _paddable
+from shipyard.serve.batcher import Batcher
 from shipyard.serve.metrics import ServeMetrics
+from shipyard.serve.padding import paddable
 from shipyard.serving import ServingConfig
 from shipyard.signature import Signature, TensorSpec
 from shipyard.sources import torch_artifact
@@ -76,11 +77,11 @@ def test_requests_of_other_lengths_share_a_batch_and_answer_as_alone(
 
 def test_only_inputs_without_a_sequence_axis_in_the_outputs_are_padded() -> None:
     varying = ["input_ids", "attention_mask"]
-    assert _paddable(SIGNATURE, varying, PADDING) == PADDING
-    assert _paddable(SIGNATURE, varying, None) == {}
-    assert _paddable(SIGNATURE, varying, {"input_ids": 0}) == {}  # the mask would not be
+    assert paddable(SIGNATURE, varying, PADDING) == PADDING
+    assert paddable(SIGNATURE, varying, None) == {}
+    assert paddable(SIGNATURE, varying, {"input_ids": 0}) == {}  # the mask would not be
     per_token = SIGNATURE.with_outputs([TensorSpec(name="tokens", shape=("batch", "seq", 4))])
-    assert _paddable(per_token, varying, PADDING) == {}  # outputs would change shape
+    assert paddable(per_token, varying, PADDING) == {}  # outputs would change shape
 
 
 def test_without_padding_only_equal_lengths_share_a_batch(model: shipyard.Artifact) -> None:

@@ -360,10 +360,8 @@ def create_app(
         grpc = watcher = follower = None
         loading = server.start_loading()  # run_server with strict has loaded already
         try:
-            if strict or link is not None:
-                # No port opens before every model is in service. A worker's socket queues
-                # the connections the kernel gives it meanwhile: they wait, not 404.
-                await loading
+            if strict or link is not None:  # no port opens before every model serves (a
+                await loading  # worker's socket queues its connections: they wait, not 404)
             if grpc_port is not None:
                 from shipyard.serve.grpc.server import start_grpc_server
 
