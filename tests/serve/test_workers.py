@@ -4,6 +4,7 @@ leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from tests.serve.conftest import add_version, metric
+from tests.serve.conftest import add_version, metric, wait_for
 from tests.serve.test_command import BODY, REPO, _free_port, _serve, _wait_ready
 
 
@@ -118,16 +119,35 @@ def test_ctrl_c_from_a_terminal_drains_every_worker_quietly(packages: Path, tmp_
         text=True,
         start_new_session=True,
     )
-    _wait_ready(process, f"http://127.0.0.1:{port}")
-    children = [
-        c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())
-    ]
-    assert len(children) == 2
-    assert all(os.getpgid(c.pid) != os.getpgid(process.pid) for c in children)
-    os.killpg(os.getpgid(process.pid), signal.SIGINT)  # what a terminal does on Ctrl-C
-    _, stderr = process.communicate(timeout=60)
+    group = os.getpgid(process.pid)
+
+    def detached() -> bool:  # each worker leaves the group first thing, as it starts
+        workers = [c for c in psutil.Process(process.pid).children() if _is_worker(c)]
+        return len(workers) == 2 and all(_group(c.pid) not in (None, group) for c in workers)
+
+    try:
+        _wait_ready(process, f"http://127.0.0.1:{port}")
+        wait_for(detached, timeout=60, what="both workers in process groups of their own")
+        os.killpg(group, signal.SIGINT)  # what a terminal does on Ctrl-C
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # a failure above: leave no server behind
+            os.killpg(group, signal.SIGKILL)
+            process.communicate(timeout=60)
     assert process.returncode == 0
     assert "Traceback" not in stderr, stderr
+
+
+def _is_worker(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return "spawn_main" in " ".join(process.cmdline())
+    return False
+
+
+def _group(pid: int) -> int | None:
+    with contextlib.suppress(OSError):
+        return os.getpgid(pid)
+    return None
 
 
 def test_a_worker_stops_when_its_parent_is_killed(packages: Path, tmp_path: Path) -> None:
@@ -135,9 +155,7 @@ def test_a_worker_stops_when_its_parent_is_killed(packages: Path, tmp_path: Path
     port = _free_port()
     process = _serve(str(tmp_path), "--port", str(port), "--workers", "2")
     _wait_ready(process, f"http://127.0.0.1:{port}")
-    workers = [
-        c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())
-    ]
+    workers = [c for c in psutil.Process(process.pid).children() if _is_worker(c)]
     process.kill()
     process.communicate(timeout=60)
     _, alive = psutil.wait_procs(workers, timeout=60)
