@@ -107,6 +107,7 @@ def serve(
         str,
         typer.Option(
             envvar="SHIPYARD_WORKERS",
+            metavar="N|auto",
             help="Server processes sharing the port, each with its own sessions and batchers "
             "(one process and its GIL use about one core). auto: one per usable core, which "
             "measured best; 1 for a stateful model, or when the models already use every "
