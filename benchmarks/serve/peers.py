@@ -59,7 +59,7 @@ from shipyard.recipe import parse_recipe
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from load import RECIPE as DIGITS_RECIPE  # noqa: E402
-from load import batch_stats, ceiling, drive  # noqa: E402
+from load import batch_stats, ceiling, drive, read_response  # noqa: E402
 from load import request_bytes as load_request_bytes  # noqa: E402
 from wrk import drive_wrk  # noqa: E402
 
@@ -356,12 +356,7 @@ async def exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        return head, await reader.readexactly(length)
+        return await read_response(reader)
     finally:
         writer.close()
 

@@ -185,11 +185,13 @@ def serve(
 
     def run(served: Path) -> None:
         target = served_as(find_layout(served), model_name) if model_name else served
-        processes, why = (count, "") if count is not None else (1, "")
+        processes, why = count or 1, ""
         if count is None and engine != "ray":
             processes, why = choose_workers(served)
-        extra = f"; {processes} worker processes" if processes > 1 else "; one process" * bool(why)
-        extra += f" ({why})" if why else ""
+        extra = ""  # the startup line says how many processes serve, and why when auto chose
+        if processes > 1 or why:
+            extra = f"; {processes} worker processes" if processes > 1 else "; one process"
+            extra += f" ({why})" if why else ""
         show = partial(show_startup, address, bracketed, tls is not None, extra)
         if engine == "ray":
             options: dict[str, Any] = {"replicas": replicas, "autoscale": autoscale}

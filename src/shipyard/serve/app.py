@@ -108,18 +108,28 @@ class _Server:
 
     link: WorkerLink | None = None  # set when several workers serve (see serve.workers)
 
-    async def announce(self, op: str, model: str, failed: bool = False) -> None:
-        """Tell the other workers about a load or unload this one was asked for; returns once
-        every one did it too (see :meth:`WorkerLink.announce`)."""
+    async def change(self, op: str, model: str) -> list[int]:
+        """A load or unload a client asked for (HTTP or gRPC): done here and, when several
+        workers serve, by every one before it returns (see :meth:`WorkerLink.announce`).
+        Returns the versions now served."""
+        try:
+            versions = await self.apply(op, model)
+        except Exception as error:
+            if isinstance(error, LoadFailed):  # logged as startup and --watch log theirs
+                logger.warning("model %s: %s", model, error)
+            if self.link is not None:  # the others try too; this worker's error is the answer
+                await self.link.announce(op, model, failed=True)
+            raise
         if self.link is not None:
-            await self.link.announce(op, model, failed)
+            await self.link.announce(op, model)
+        return versions
 
-    async def apply(self, op: str, model: str) -> None:
-        """Another worker's load or unload, done here too."""
+    async def apply(self, op: str, model: str) -> list[int]:
+        """Load or unload ``model`` here (another worker's operation, or :meth:`change`)."""
         if op == "load":
-            await self.repository.load(model)
-        elif op == "unload":
-            await self.repository.unload(model)
+            return await self.repository.load(model)
+        await self.repository.unload(model)
+        return []
 
     @property
     def draining(self) -> bool:
@@ -261,26 +271,14 @@ class _Server:
         parameters = (await self._options(request)).get("parameters") or {}
         if parameters.get("config") or any(str(k).startswith("file:") for k in parameters):
             raise BadRequest("loading with an override config or files is not supported")
-        try:
-            versions = await self.repository.load(name)
-        except Exception as error:
-            if isinstance(error, LoadFailed):  # logged as startup and --watch log theirs
-                logger.warning("model %s: %s", name, error)
-            await self.announce("load", name, failed=True)
-            raise
-        await self.announce("load", name)
+        versions = await self.change("load", name)
         return _json({"name": name, "versions": [str(v) for v in versions]})
 
     async def unload(self, request: Request) -> Response:
         self.authorize(request, admin=True)
         name = check_name(request.path_params["model"])
         await self._options(request)
-        try:
-            await self.repository.unload(name)
-        except Exception:
-            await self.announce("unload", name, failed=True)
-            raise
-        await self.announce("unload", name)
+        await self.change("unload", name)
         return _json({"name": name, "versions": []})
 
 

@@ -133,8 +133,9 @@ class Batcher:
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
-        # The queue, its row count, the free sessions and the running count are shared by
-        # the loop and the inference threads (which take the next batch themselves).
+        # The queue and its row count are shared by the loop and the inference threads (which
+        # take the next batch themselves); the free sessions and the running count stay the
+        # loop's.
         self._lock = threading.Lock()
         self._running = 0
         self._closing = False
@@ -215,14 +216,12 @@ class Batcher:
 
     def _inline(self, feeds: Mapping[str, np.ndarray], rows: int) -> Outputs:
         """Run one request on the event loop: the model is faster than a thread hop."""
-        with self._lock:
-            session = self._free.pop()
+        session = self._free.pop()
         started = time.perf_counter()
         try:
             outputs = session.run(feeds)
         finally:
-            with self._lock:
-                self._free.append(session)
+            self._free.append(session)
         seconds = time.perf_counter() - started
         self._single = 0.8 * self._single + 0.2 * seconds
         if self._metrics is not None:
@@ -362,17 +361,19 @@ class Batcher:
         """Inference thread: run ``batch`` on ``session``, then each batch due after it, while
         the loop delivers the results; the session goes back when none is due."""
         while True:
+            outcome: tuple[list[Outputs], float, float] | BaseException
             try:
-                result = self._run(session, batch)
+                outcome = self._run(session, batch)
             except BaseException as error:  # every request of the batch gets it
-                loop.call_soon_threadsafe(self._finish, session, batch, None, error)
+                loop.call_soon_threadsafe(self._finish, session, batch, error)
                 return
             with self._lock:
                 following, _ = self._due(holding=True)
+            loop.call_soon_threadsafe(
+                self._finish, session if following is None else None, batch, outcome
+            )
             if following is None:
-                loop.call_soon_threadsafe(self._finish, session, batch, result, None)
                 return
-            loop.call_soon_threadsafe(self._finish, None, batch, result, None)
             batch = following
 
     def _run(self, session: Session, batch: list[_Pending]) -> tuple[list[Outputs], float, float]:
@@ -405,22 +406,20 @@ class Batcher:
         self,
         session: Session | None,
         batch: list[_Pending],
-        result: tuple[list[Outputs], float, float] | None,
-        error: BaseException | None,
+        outcome: tuple[list[Outputs], float, float] | BaseException,
     ) -> None:
-        """On the loop: deliver ``batch``'s results (or ``error``); give ``session`` back
-        when its thread stopped (None: the thread went on with the next batch)."""
+        """On the loop: deliver ``batch``'s results (or the error it raised); give
+        ``session`` back when its thread stopped (None: it went on with the next batch)."""
         if session is not None:
-            with self._lock:
-                self._free.append(session)
-                self._running -= 1
+            self._free.append(session)
+            self._running -= 1
             self._wake.set()
-        if error is not None or result is None:
+        if isinstance(outcome, BaseException):
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(error or BackendError("no result"))
+                    pending.future.set_exception(outcome)
             return
-        results, seconds, cost = result
+        results, seconds, cost = outcome
         if len(batch) == 1:  # what the inline path would cost
             previous = self._single if self._single != float("inf") else seconds
             self._single = 0.8 * previous + 0.2 * seconds
@@ -430,9 +429,9 @@ class Batcher:
         if self._metrics is not None:
             self._metrics.compute_time.observe(seconds)
             self._metrics.batch_size.observe(rows)
-        for pending, result_ in zip(batch, results, strict=True):
+        for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
-                pending.future.set_result(result_)
+                pending.future.set_result(result)
 
     def _scheduler_done(self, task: asyncio.Task[None]) -> None:
         # A bug in the scheduler must not leave callers waiting forever.

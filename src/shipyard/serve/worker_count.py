@@ -49,30 +49,21 @@ def choose_workers(path: Path) -> tuple[int, str]:
     if cores < 2:
         return 1, "auto: one usable core"
     layout = find_layout(path)
-    manifests = []
+    folders, configs = [], []
     for name in layout.model_names():
         for folder in layout.versions(name).values():
+            folders.append(folder)
             try:
-                manifests.append((name, folder, json.loads((folder / MANIFEST).read_text())))
-            except (OSError, ValueError):
+                manifest = json.loads((folder / MANIFEST).read_text())
+                configs.append((name, ServingConfig.from_manifest(manifest)))
+            except (OSError, ValueError, ServingConfigError):
                 continue  # its load reports it
-    configs = []
-    for name, _, manifest in manifests:
-        try:
-            configs.append((name, ServingConfig.from_manifest(manifest)))
-        except ServingConfigError:
-            continue  # its load reports it
     for name, config in configs:
         if config.sequence is not None:
             return 1, f"auto: model '{name}' keeps state per sequence, in one process"
     if configs and all(config.instances * config.threads >= cores for _, config in configs):
         return 1, f"auto: every model's instances × threads already use the {cores} cores"
-    size = sum(
-        file.stat().st_size
-        for _, folder, _ in manifests
-        for file in folder.rglob("*")
-        if file.is_file()
-    )
+    size = sum(file.stat().st_size for f in folders for file in f.rglob("*") if file.is_file())
     fits = int(psutil.virtual_memory().available * 0.5 // max(2 * size, 1))
     if fits < cores:
         count = max(1, fits)

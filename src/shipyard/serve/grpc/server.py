@@ -78,7 +78,7 @@ class ServerState(Protocol):
 
     def not_ready_reason(self) -> str | None: ...
 
-    async def announce(self, op: str, model: str, failed: bool = False) -> None: ...
+    async def change(self, op: str, model: str) -> list[int]: ...
 
 
 def code_of(status: int) -> grpc.StatusCode:
@@ -251,12 +251,7 @@ class InferenceService:
         config = parameter(parameters["config"]) if "config" in parameters else None
         if config or any(key.startswith("file:") for key in parameters):
             raise BadRequest("loading with an override config or files is not supported")
-        try:
-            await self.repository.load(name)
-        except Exception:
-            await self.state.announce("load", name, failed=True)  # the other workers, if any
-            raise
-        await self.state.announce("load", name)
+        await self.state.change("load", name)  # here, and in the other workers if any
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
@@ -265,12 +260,7 @@ class InferenceService:
     ) -> pb.RepositoryModelUnloadResponse:
         self._authorize(context, admin=True)
         name = check_name(request.model_name)
-        try:
-            await self.repository.unload(name)
-        except Exception:
-            await self.state.announce("unload", name, failed=True)
-            raise
-        await self.state.announce("unload", name)
+        await self.state.change("unload", name)
         return pb.RepositoryModelUnloadResponse()
 
 
