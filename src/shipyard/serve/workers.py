@@ -54,7 +54,7 @@ class WorkerLink:
     every worker serves the model, whichever one the next connection reaches.
     """
 
-    def __init__(self, folder: Path, index: int, workers: int = 2) -> None:
+    def __init__(self, folder: Path, index: int, workers: int) -> None:
         self.path, self.index, self.workers = folder / _LOG, index, workers
         self.seen = 0  # bytes of the log already read
         self.ops: list[dict[str, Any]] = []  # other workers' operations, not yet applied
@@ -154,21 +154,22 @@ def _worker(
     folder: str,
     run: Callable[..., None],
     options: dict,
-    workers: int = 2,
-    errors: Any = None,
+    workers: int,
+    errors: Any,
+    parent: int,
 ) -> None:
     """A worker process: the whole server, on its own socket of the shared port. An error
     that stops it (a strict refusal, a bad TLS file) goes to the parent through ``errors``,
     which raises it as one server would: one line from the CLI, not a traceback per worker."""
-    _detach_from_terminal()
+    _detach_from_terminal(parent)
     link = WorkerLink(Path(folder), index, workers)
     if index != 0:
         options = {**options, "on_loaded": None}  # the first worker prints the table
     try:
         run(**options, sockets=[sock], link=link)
+    except KeyboardInterrupt:  # Ctrl-C (forwarded) while it was still starting: a clean stop
+        return
     except Exception as error:
-        if errors is None:
-            raise
         try:
             errors.put(error)
         except Exception:  # an error that does not pickle: its text
@@ -176,11 +177,10 @@ def _worker(
         raise SystemExit(2) from None
 
 
-def _detach_from_terminal() -> None:
+def _detach_from_terminal(parent: int) -> None:
     """Leave the terminal's process group, so that Ctrl-C reaches the parent only (which
     forwards it once: a worker signalled twice stops at once, without draining), and stop
     when the parent dies (Linux), since no terminal signal reaches this process any more."""
-    parent = os.getppid()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     with contextlib.suppress(OSError, AttributeError):
@@ -188,7 +188,9 @@ def _detach_from_terminal() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    # ``parent`` died before prctl took effect, perhaps before this process ran at all: hence
+    # its pid handed over by the parent, not read here.
+    if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -234,7 +236,7 @@ def run_workers(
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
             target=_worker,
-            args=(index, socks[index], folder, run, options, workers, errors),
+            args=(index, socks[index], folder, run, options, workers, errors, os.getpid()),
             name=f"shipyard-worker-{index}",
         )
         process.start()
